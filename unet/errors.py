@@ -1,0 +1,15 @@
+"""The package's one user-facing error type.
+
+Anything the user can fix (a missing file, an unreadable PNG, an image/mask size mismatch, a
+checkpoint that does not fit) is raised as :class:`InputError` with a one-line message that names
+the file and what is wrong. The CLIs print that line on stderr and exit with code 2.
+"""
+
+
+class InputError(Exception):
+    """Bad input from the user: the message is one line, fit to be shown as it is."""
+
+    exit_code = 2
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
