@@ -1,0 +1,66 @@
+"""Atomic file writes: a crash at any moment leaves either the old file or the new one, whole.
+
+Every file the package writes goes to a temporary name in the destination's folder (same file
+system, so ``os.replace`` is an atomic rename), is flushed and fsync'ed, then renamed over the
+destination. The temporary name keeps the destination's suffix so that writers that pick a
+format by extension (``cv2.imwrite``) still work.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The caller writes the temporary file by any means (``cv2.imwrite``, ``net.save_parameters``).
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    suffix = os.path.splitext(base)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_bytes(path, data):
+    """Atomically write ``data`` (bytes) to ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+
+def write_text(path, text):
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    """Atomically write ``obj`` as indented JSON to ``path``."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
