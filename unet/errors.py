@@ -13,3 +13,9 @@ class InputError(Exception):
 
     def __init__(self, message):
         super().__init__(" ".join(str(message).split()))
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept. Exit code 3."""
+
+    exit_code = 3

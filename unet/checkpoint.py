@@ -1,0 +1,208 @@
+"""Self-describing, crash-safe checkpoints.
+
+A checkpoint ``P`` (e.g. ``unet_best.params``) is:
+
+- ``P``: the weights, written with ``save_parameters`` (MXNet's array format, no pickle);
+- ``P.json``: the model config, data normalization and mask encoding, epoch, global step,
+  learning rate, best score, seeds, library versions and the sha256 of ``P``, so that
+  ``evaluate.py`` rebuilds the network from the checkpoint alone;
+- for the "last" checkpoint of a run also ``<stem>-stepN.states``: the optimizer state, in MXNet's
+  array format too (:mod:`unet.trainer_state`), named by step so an old one is never overwritten.
+
+Commit protocol: the new JSON is first written whole to ``P.json.pending``, then the weights are
+renamed onto ``P``, then the pending JSON onto ``P.json``. A crash between the two renames leaves a
+pending JSON whose sha256 matches ``P``; readers accept it. Every other moment leaves the old or the
+new checkpoint whole.
+"""
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_path, write_json
+from .config import ModelConfig
+from .errors import InputError
+from .model import build_unet
+from .trainer_state import load_optimizer_state, save_optimizer_state
+
+log = logging.getLogger(__name__)
+
+FORMAT = "unet-checkpoint"
+FORMAT_VERSION = 1
+
+
+def meta_path(params_path):
+    """``P.json``: the config beside weights ``P``."""
+    return os.fspath(params_path) + ".json"
+
+
+def last_path(checkpoint_file):
+    """The last-epoch checkpoint beside the best one: ``unet_best.params`` -> ``unet_best-last.params``."""
+    root, ext = os.path.splitext(os.fspath(checkpoint_file))
+    return f"{root}-last{ext or '.params'}"
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions():
+    return {"unet": __version__, "mxnet": mx.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def save_checkpoint(net, path, meta, trainer=None):
+    """Write weights (and the optimizer state when ``trainer`` is given) and the JSON, atomically.
+
+    ``meta`` is any JSON-able dict; ``format``, ``versions``, ``saved_at`` and the sha256 sums are
+    added. Raises ``OSError`` when a write fails; the previous checkpoint is then still whole.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION,
+                versions=library_versions(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    old_states = _states_file(path)
+    if trainer is not None:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
+        states_path = os.path.join(folder, states_name)
+        counters = save_optimizer_state(trainer, states_path)
+        meta["optimizer_state"] = dict(counters, file=states_name,
+                                       sha256=sha256_file(states_path))
+    pending = meta_path(path) + ".pending"
+    with atomic_path(path) as tmp:
+        net.save_parameters(tmp)
+        meta["params_sha256"] = sha256_file(tmp)
+        write_json(pending, meta)
+    os.replace(pending, meta_path(path))
+    new_states = meta.get("optimizer_state", {}).get("file")
+    if old_states and old_states != new_states:
+        try:
+            os.remove(os.path.join(folder, old_states))
+        except OSError:
+            pass
+    return meta
+
+
+def _states_file(path):
+    try:
+        with open(meta_path(path), encoding="utf-8") as handle:
+            return json.load(handle).get("optimizer_state", {}).get("file")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _load_json(path):
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a checkpoint config (expected a JSON object)")
+    return data
+
+
+def read_meta(path):
+    """The JSON of checkpoint ``path`` after checking that it describes these exact weights.
+
+    Raises :class:`InputError` with one line for a missing file, a missing or unreadable JSON,
+    weights that do not match the JSON's sha256 (truncated, corrupt or replaced), or a JSON that
+    is not a unet checkpoint config.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint {path} does not exist")
+    candidates = [meta_path(path), meta_path(path) + ".pending"]
+    if not any(os.path.isfile(c) for c in candidates):
+        raise InputError(f"checkpoint {path} has no config {meta_path(path)} beside it; "
+                         f"it was not written by segmenter.py")
+    digest = sha256_file(path)
+    meta = None
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            data = _load_json(candidate)
+            if data.get("params_sha256") == digest:
+                meta = data
+                break
+    if meta is None:
+        data = _load_json(candidates[0]) if os.path.isfile(candidates[0]) else {}
+        if data and data.get("format") != FORMAT:
+            raise InputError(f"{candidates[0]} is not a unet checkpoint config")
+        raise InputError(f"checkpoint {path} does not match its config (sha256 differs): "
+                         f"the file is truncated, corrupt or was replaced")
+    _validate_meta(meta, candidates[0])
+    return meta
+
+
+def _validate_meta(meta, name):
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{name} is not a unet checkpoint config (format {meta.get('format')!r})")
+    try:
+        meta["model_config"] = ModelConfig.from_dict(meta.get("model"))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: bad model config: {exc}") from None
+    data = meta.get("data")
+    if not isinstance(data, dict) or not {"channels", "normalization", "encoding"} <= set(data):
+        raise InputError(f"{name}: missing or incomplete 'data' section "
+                         f"(channels, normalization, encoding)")
+    for key in ("epoch", "global_step"):
+        if not isinstance(meta.get(key), int) or meta[key] < 0:
+            raise InputError(f"{name}: '{key}' must be a non-negative integer, "
+                             f"got {meta.get(key)!r}")
+
+
+def load_parameters(net, path, ctx):
+    """``net.load_parameters`` with MXNet's errors turned into one :class:`InputError` line."""
+    try:
+        net.load_parameters(os.fspath(path), ctx=ctx)
+    except (AssertionError, ValueError, mx.base.MXNetError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"checkpoint {path} does not fit the network: {first}") from None
+
+
+def load_for_inference(path, ctx=None):
+    """Rebuild the network from checkpoint ``path`` alone; returns ``(net, meta)``.
+
+    Never reads the optimizer state (the only file of a run that MXNet could have pickled).
+    """
+    meta = read_meta(path)
+    net = build_unet(meta["model_config"])
+    load_parameters(net, path, ctx or mx.cpu())
+    return net, meta
+
+
+def load_training_state(net, trainer, path):
+    """Load weights and optimizer state of a last checkpoint into ``net`` and ``trainer``.
+
+    Returns the checkpoint's meta. The optimizer state is read with MXNet's array loader, after
+    its sha256 is checked against the JSON.
+    """
+    meta = read_meta(path)
+    load_parameters(net, path, trainer._contexts if trainer is not None else mx.cpu())
+    state = meta.get("optimizer_state")
+    if trainer is not None and state:
+        states_path = os.path.join(os.path.dirname(os.path.abspath(path)), state["file"])
+        if not os.path.isfile(states_path) or sha256_file(states_path) != state.get("sha256"):
+            raise InputError(f"optimizer state {states_path} is missing or does not match "
+                             f"{meta_path(path)}")
+        try:
+            load_optimizer_state(trainer, states_path, state)
+        except (KeyError, ValueError, mx.base.MXNetError) as exc:
+            raise InputError(f"optimizer state {states_path} does not fit: {exc}") from None
+    return meta
+
+
+def command_line():
+    return " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])

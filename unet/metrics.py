@@ -1,0 +1,110 @@
+"""Segmentation metrics as pure numpy functions, and a small accumulator for them.
+
+Class 0 is the background (membrane, in EM data) and the other classes are foreground; for a
+binary model "foreground" is class 1 (cell).
+"""
+import numpy as np
+from scipy import ndimage
+from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
+
+
+def confusion_matrix(pred, target, num_classes):
+    """``(num_classes, num_classes)`` int64 counts; rows are the target, columns the prediction."""
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    target = np.asarray(target, dtype=np.int64).ravel()
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction has {pred.size} pixels, target {target.size}")
+    index = target * num_classes + pred
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def pixel_accuracy(cm):
+    """Fraction of pixels whose class is right."""
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else 0.0
+
+
+def pixel_error(cm):
+    """``1 - pixel_accuracy``: the ISBI 2012 challenge's pixel error for a binary map."""
+    return 1.0 - pixel_accuracy(cm)
+
+
+def iou_per_class(cm):
+    """Intersection over union of every class; NaN for a class absent from both maps."""
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(cm):
+    """Mean IoU over the classes present in the prediction or the target."""
+    ious = iou_per_class(cm)
+    return float(np.nanmean(ious)) if np.isfinite(ious).any() else 0.0
+
+
+def foreground_dice(cm):
+    """Dice of all foreground classes (1..K-1) together against the background class 0.
+
+    1.0 when both maps have no foreground at all.
+    """
+    fg_both = cm[1:, 1:].sum()
+    fg_pred = cm[:, 1:].sum()
+    fg_target = cm[1:, :].sum()
+    denom = fg_pred + fg_target
+    return float(2.0 * fg_both / denom) if denom else 1.0
+
+
+def adapted_rand_error(pred, target):
+    """Adapted Rand error of the cells: connected components of the foreground in each map.
+
+    Parameters
+    ----------
+    pred, target : np.ndarray
+        ``(H, W)`` class maps; class 0 is the membrane/background.
+
+    Returns the scikit-image ``adapted_rand_error`` (0 is perfect). Background pixels of the
+    target are ignored, as in the ISBI 2012 challenge (scikit-image's ``ignore_labels=(0,)``).
+    """
+    true_cells, _ = ndimage.label(np.asarray(target) > 0)
+    pred_cells, _ = ndimage.label(np.asarray(pred) > 0)
+    error, _, _ = _skimage_adapted_rand_error(true_cells, pred_cells, ignore_labels=(0,))
+    return float(error)
+
+
+def score_segmentation(pred, target, num_classes):
+    """All the per-image scores: ``pixel_error``, ``dice``, ``iou``, ``rand_error``, ``accuracy``."""
+    cm = confusion_matrix(pred, target, num_classes)
+    return {
+        "pixel_error": pixel_error(cm),
+        "accuracy": pixel_accuracy(cm),
+        "dice": foreground_dice(cm),
+        "iou": mean_iou(cm),
+        "rand_error": adapted_rand_error(pred, target),
+    }
+
+
+class SegmentationMetric:
+    """Accumulates a confusion matrix over batches (update / get / reset).
+
+    ``get()`` returns ``{'accuracy', 'pixel_error', 'mean_iou', 'dice'}`` over all pixels seen.
+    """
+
+    def __init__(self, num_classes):
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self):
+        self.cm = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred, target):
+        """``pred`` and ``target``: integer class maps of the same shape."""
+        self.cm += confusion_matrix(pred, target, self.num_classes)
+
+    def get(self):
+        return {
+            "accuracy": pixel_accuracy(self.cm),
+            "pixel_error": pixel_error(self.cm),
+            "mean_iou": mean_iou(self.cm),
+            "dice": foreground_dice(self.cm),
+        }

@@ -1,0 +1,71 @@
+"""TensorBoard logging through mxboard: one subfolder of the log dir per run.
+
+Tags: ``train/loss`` and ``lr`` per step, ``train/images_per_sec`` and ``val/<metric>`` per epoch,
+``val/panels`` (image | mask | prediction), ``weights/<param>`` and ``grads/<param>`` histograms.
+The global step keeps counting after a resume; never log a smaller step after a larger one in the
+same folder, or TensorBoard purges the later events (see the MXNet notes, section 9).
+"""
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def new_run_name():
+    """A run folder name that two runs started at once never share: time and pid."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
+class TrainingLog:
+    """A thin wrapper over ``mxboard.SummaryWriter``; does nothing when ``enabled`` is False."""
+
+    def __init__(self, log_dir, run_name, enabled=True):
+        self.folder = os.path.join(log_dir, run_name)
+        self.writer = None
+        if enabled:
+            from mxboard import SummaryWriter
+            os.makedirs(self.folder, exist_ok=True)
+            self.writer = SummaryWriter(logdir=self.folder, flush_secs=10)
+
+    def scalar(self, tag, value, step):
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), global_step=step)
+
+    def panels(self, tag, rows, step):
+        """``rows``: ``(image (H, W, C) in [0, 1], mask (H, W) int, prediction (H, W) int, K)``."""
+        if self.writer is None or not rows:
+            return
+        strips = []
+        for image, mask, pred, num_classes in rows:
+            scale = 1.0 / max(num_classes - 1, 1)
+            gray = image.mean(axis=2) if image.shape[2] != 1 else image[..., 0]
+            strip = np.concatenate([gray, mask * scale, pred * scale], axis=1)   # (H, 3W)
+            strips.append(np.clip(strip, 0, 1))
+        width = max(s.shape[1] for s in strips)
+        strips = [np.pad(s, ((0, 2), (0, width - s.shape[1]))) for s in strips]
+        panel = (np.concatenate(strips, axis=0) * 255).astype(np.uint8)[None]  # (1, H', W')
+        self.writer.add_image(tag, panel, global_step=step)
+
+    def histograms(self, net, step):
+        """Weights, and gradients of the parameters that have one (``grad_req != 'null'``)."""
+        if self.writer is None:
+            return
+        for name, param in net.collect_params().items():
+            data = param.list_data()[0].asnumpy().astype(np.float32).ravel()
+            self.writer.add_histogram(f"weights/{name}", data, bins=64, global_step=step)
+            if param.grad_req != "null":
+                grad = param.list_grad()[0].asnumpy().astype(np.float32).ravel()
+                if np.isfinite(grad).all():
+                    self.writer.add_histogram(f"grads/{name}", grad, bins=64, global_step=step)
+
+    def text(self, tag, text, step):
+        if self.writer is not None:
+            self.writer.add_text(tag, text, global_step=step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
