@@ -36,10 +36,13 @@ def read_stack(path):
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     try:
-        stack = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            stack, axes = np.asarray(series.asarray()), series.axes
     except Exception as err:  # tifffile raises many types for a damaged or non-TIFF file
         raise InputError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from err
-    stack = np.asarray(stack)
+    if "S" in axes:  # colour samples: a 3-page stack and one RGB page have the same shape
+        raise InputError(f"{path}: expected grayscale slices, got colour (axes {axes}, shape {stack.shape})")
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3 or 0 in stack.shape:
