@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Train the U-Net on a dataset folder, or print its summary.
+
+    python segmenter.py --checkpoint-file ./unet_best.params          # train on ./dataset
+    python segmenter.py --checkpoint=load --checkpoint-file ./unet_best.params   # resume
+    python segmenter.py --summary --channels 3 --image-size 512      # the reference table
+"""
+import sys
+
+from unet.cli import OneLineParser, float_list, int_list, run_guarded, setup_logging
+from unet.config import NORMS, UPSAMPLE_MODES, ModelConfig
+from unet.losses import LOSSES
+from unet.train_config import AMP_MODES, KVSTORES, OPTIMIZERS, TrainConfig
+
+
+def build_parser():
+    p = OneLineParser(description="Train a U-Net on DATA_DIR/{train,validate}/{image,mask}/*.png, "
+                      "or print its summary. Defaults reproduce the reference model.")
+    m = p.add_argument_group("model (the same flags describe the model for --summary)")
+    m.add_argument("--summary", action="store_true",
+                   help="print the network summary of the model the flags describe and exit")
+    m.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
+    m.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="input channels; default: from the training images (3 for --summary)")
+    m.add_argument("--image-size", type=int, default=512,
+                   help="side of the square training crop and of the inference tiles; a layer-norm "
+                        "model is bound to this width (default 512)")
+    m.add_argument("--norm", choices=NORMS, default="layer",
+                   help="normalization: 'layer' = the reference's LayerNorm over the width, "
+                        "'batch' = BatchNorm over channels (default layer)")
+    m.add_argument("--no-residual", action="store_true",
+                   help="plain double convolution (the paper) instead of residual blocks")
+    m.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout probability in every conv block; 0 adds none (default 0)")
+    m.add_argument("--upsample", choices=UPSAMPLE_MODES, default="upsample",
+                   help="decoder: nearest upsampling + 3x3 conv (reference) or Conv2DTranspose")
+    m.add_argument("--base-channels", type=int, default=64, help="first-stage width (default 64)")
+    m.add_argument("--depth", type=int, default=4, help="number of down-sampling stages (default 4)")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--data-dir", default="./dataset",
+                   help="dataset root with train/ and validate/ (default ./dataset)")
+    d.add_argument("--demo", action="store_true",
+                   help="first write the built-in synthetic EM dataset into --data-dir if it "
+                        "holds no images")
+    d.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    d.add_argument("--num-workers", type=int, default=2,
+                   help="loader worker processes; 0 loads in the main process (default 2)")
+    d.add_argument("--epoch-size", type=int, default=None,
+                   help="random crops per epoch (default: one per training image)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default adam)")
+    t.add_argument("--learning-rate", type=float, default=1e-3, help="(default 0.001)")
+    t.add_argument("--momentum", type=float, default=0.9, help="for sgd and nag (default 0.9)")
+    t.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
+    t.add_argument("--lr-decay", type=float, default=0.1,
+                   help="learning-rate factor at each --lr-decay-epoch (default 0.1)")
+    t.add_argument("--lr-decay-epoch", type=int_list, default=(),
+                   help="comma list of epochs at which to decay, e.g. '5,10,15' (default none)")
+    t.add_argument("--batch-size", type=int, default=2, help="(default 2)")
+    t.add_argument("--num-epochs", type=int, default=50, help="(default 50)")
+    t.add_argument("--loss", choices=LOSSES, default="ce",
+                   help="softmax cross-entropy, soft Dice, or their sum (default ce)")
+    t.add_argument("--class-weights", type=float_list, default=None,
+                   help="comma list, one weight per class, multiplying the cross-entropy")
+    t.add_argument("--weight-map", action="store_true",
+                   help="the paper's border weight map, to separate touching cells")
+    t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight (default 10)")
+    t.add_argument("--sigma", type=float, default=5.0,
+                   help="weight-map border width in pixels (default 5)")
+    t.add_argument("--amp", choices=AMP_MODES, default="fp32",
+                   help="mixed precision: bf16 on CPUs with avx512_bf16, fp16 on GPUs "
+                        "(default fp32)")
+    t.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
+    t.add_argument("--gpu-id", type=int_list, default=(),
+                   help="comma list of GPUs, e.g. '0,1'; the CPU when absent")
+    t.add_argument("--cpu-contexts", type=int, default=1,
+                   help="split each batch over this many CPU contexts (the multi-device path "
+                        "without GPUs; default 1)")
+    t.add_argument("--kvstore", choices=KVSTORES, default="device",
+                   help="gradient reduction; dist_* need python -m unet.launch (default device)")
+
+    c = p.add_argument_group("checkpoints and logs")
+    c.add_argument("--checkpoint", choices=("new", "load"), default="new",
+                   help="'new' starts from scratch, 'load' resumes from the last checkpoint")
+    c.add_argument("--checkpoint-file", default="./unet_best.params",
+                   help="best checkpoint; the last one is written beside it as NAME-last.params "
+                        "(default ./unet_best.params)")
+    c.add_argument("--log-dir", default="./logs",
+                   help="TensorBoard folder; each run writes a subfolder (default ./logs)")
+    c.add_argument("--log-images", type=int, default=3,
+                   help="validation panels logged per epoch (default 3)")
+    c.add_argument("--no-histograms", action="store_true",
+                   help="skip weight and gradient histograms")
+    c.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def model_config(args, channels):
+    return ModelConfig(in_channels=channels, num_classes=args.num_classes,
+                       base_channels=args.base_channels, depth=args.depth, norm=args.norm,
+                       residual=not args.no_residual, dropout=args.dropout,
+                       upsample=args.upsample, image_size=args.image_size)
+
+
+def print_summary(config):
+    import mxnet as mx
+    from unet.model import build_unet, initializer
+    net = build_unet(config)
+    net.initialize(initializer())
+    net.summary(mx.nd.ones((1, config.in_channels, config.image_size, config.image_size)))
+
+
+def train_config(args):
+    return TrainConfig(
+        model=model_config(args, args.channels or 3), channels=args.channels,
+        data_dir=args.data_dir, checkpoint_file=args.checkpoint_file, checkpoint=args.checkpoint,
+        log_dir=args.log_dir, optimizer=args.optimizer, learning_rate=args.learning_rate,
+        momentum=args.momentum, weight_decay=args.wd, lr_decay=args.lr_decay,
+        lr_decay_epoch=args.lr_decay_epoch, batch_size=args.batch_size,
+        num_epochs=args.num_epochs, epoch_size=args.epoch_size, seed=args.seed,
+        gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
+        loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
+        w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
+        num_workers=args.num_workers, amp=args.amp, log_images=args.log_images,
+        histograms=not args.no_histograms)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body():
+        if args.summary:
+            print_summary(model_config(args, args.channels or 3))
+            return 0
+        config = train_config(args)
+        if args.demo:
+            from unet.demo_data import dataset_is_empty, generate_demo_dataset
+            if dataset_is_empty(config.data_dir):
+                generate_demo_dataset(config.data_dir)
+        from unet.train import train
+        meta = train(config)
+        if meta is not None:
+            print(f"best validation dice {meta['best_score']:.4f} (epoch {meta['best_epoch']}); "
+                  f"best checkpoint: {config.checkpoint_file}")
+        return 0
+
+    return run_guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

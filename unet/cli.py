@@ -1,0 +1,65 @@
+"""What both command-line programs share: logging set-up, list parsing, and turning errors into
+one line on stderr with an exit code (2 bad input, 3 diverged training, 130 interrupted)."""
+import argparse
+import logging
+import signal
+import sys
+
+from .errors import InputError, TrainingDiverged
+
+log = logging.getLogger("unet")
+
+
+def setup_logging(verbose=False):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+def int_list(text):
+    """``'0,1'`` -> ``(0, 1)``; ``''`` -> ``()``. For argparse ``type=``."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def float_list(text):
+    """``'1,2.5'`` -> ``(1.0, 2.5)``. For argparse ``type=``."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_guarded(body):
+    """Run ``body()`` -> exit code; known errors become one line on stderr.
+
+    SIGTERM is turned into ``KeyboardInterrupt`` so that both save state and exit the same way.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return body()
+    except (InputError, TrainingDiverged) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except ValueError as exc:        # a bad option value caught by a config's validation
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

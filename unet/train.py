@@ -1,0 +1,251 @@
+"""The training loop: data -> hybridized U-Net -> Trainer, validation, checkpoints, TensorBoard.
+
+:func:`train` is the whole job behind ``segmenter.py``. It resumes from the last checkpoint with
+``checkpoint='load'`` (same epoch count, step, learning rate, optimizer state and best score), keeps
+the previous checkpoint whole whatever happens, saves the state on Ctrl-C, and stops with
+:class:`~unet.errors.TrainingDiverged` on a NaN or infinite loss.
+"""
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .data import SegmentationDataset, make_loader, prepare_data
+from .distributed import create_kvstore, shard_indices, trainer_kwargs
+from .errors import InputError, TrainingDiverged
+from .lock import RunLock
+from .losses import SegmentationLoss
+from .model import build_unet, initializer
+from .tb import TrainingLog, new_run_name
+from .validation import validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: what a last checkpoint records besides the weights."""
+
+    epoch: int = 0                # completed epochs
+    global_step: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    run_name: str = ""
+
+
+def seed_everything(seed):
+    """imgaug first: its first seeding draws from numpy's global RNG (MXNet notes, section 10)."""
+    import imgaug
+    imgaug.seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    mx.random.seed(seed)
+
+
+def contexts(cfg):
+    if cfg.gpu_ids:
+        return [mx.gpu(i) for i in cfg.gpu_ids]
+    return [mx.cpu(i) for i in range(cfg.cpu_contexts)]
+
+
+def _resume_meta(cfg):
+    last = ckpt.last_path(cfg.checkpoint_file)
+    if not os.path.isfile(last):
+        raise InputError(f"--checkpoint=load: no checkpoint to resume at {last} "
+                         f"(start with --checkpoint=new)")
+    return last, ckpt.read_meta(last)
+
+
+def _check_same_model(saved, wanted, path):
+    diffs = [d for d in saved.differences(wanted)]
+    if diffs:
+        raise InputError(f"checkpoint {path} was trained with another architecture "
+                         f"(checkpoint != flags): {'; '.join(diffs)}")
+
+
+def train(cfg):
+    """Train as ``cfg`` (:class:`~unet.train_config.TrainConfig`) says; returns the final meta.
+
+    Raises :class:`InputError` for bad data or checkpoints, :class:`TrainingDiverged` on a NaN
+    loss, ``KeyboardInterrupt`` after saving the state when interrupted.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.checkpoint_file)), exist_ok=True)
+    lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
+    try:
+        return _train_locked(cfg)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg):
+    seed_everything(cfg.seed)
+    if cfg.amp != "fp32":
+        from mxnet.contrib import amp
+        amp.init(target_dtype="bfloat16" if cfg.amp == "bf16" else "float16")
+    resume_meta = None
+    if cfg.checkpoint == "load":
+        last, resume_meta = _resume_meta(cfg)
+    info = prepare_data(cfg.data_dir, cfg.model.num_classes, channels=cfg.channels)
+    model_cfg = dataclasses.replace(cfg.model, in_channels=info.channels)
+    state = RunState(run_name=new_run_name())
+    if resume_meta is not None:
+        _check_same_model(resume_meta["model_config"], model_cfg, last)
+        state = RunState(epoch=resume_meta["epoch"], global_step=resume_meta["global_step"],
+                         best_score=resume_meta["best_score"], best_epoch=resume_meta["best_epoch"],
+                         run_name=resume_meta.get("run_name") or state.run_name)
+        info = dataclasses.replace(
+            info, normalization=type(info.normalization).from_dict(
+                resume_meta["data"]["normalization"]))
+
+    ctx = contexts(cfg)
+    kvstore, rank, num_workers, is_dist = create_kvstore(cfg.kvstore, len(ctx))
+    net = build_unet(model_cfg)
+    net.initialize(initializer(), ctx=ctx)
+    net.hybridize(static_alloc=True, static_shape=True)
+    kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
+    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, cfg.optimizer_params(),
+                            kvstore=kvstore, **kwargs)
+    if cfg.amp != "fp32":
+        from mxnet.contrib import amp
+        amp.init_trainer(trainer)
+    can_save_states = not kwargs.get("update_on_kvstore")
+    if resume_meta is not None:
+        ckpt.load_training_state(net, trainer if can_save_states else None, last)
+        log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
+                 state.epoch, state.global_step, state.best_score, state.best_epoch)
+
+    train_samples = info.train
+    if is_dist:
+        train_samples = [info.train[i] for i in shard_indices(len(info.train), rank, num_workers)]
+    epoch_size = cfg.epoch_size or len(train_samples)
+    repeated = [train_samples[i % len(train_samples)] for i in range(epoch_size)]
+    dataset = SegmentationDataset(repeated, info, model_cfg.image_size, augment=cfg.augment,
+                                  seed=cfg.seed + 1000 * rank, weight_map=cfg.weight_map,
+                                  w0=cfg.w0, sigma=cfg.sigma)
+    loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
+    loss_fn.hybridize()
+    is_chief = rank == 0
+    tb = TrainingLog(cfg.log_dir, state.run_name, enabled=is_chief)
+    if is_chief:
+        log.info("TensorBoard run folder: %s", tb.folder)
+    base_meta = {"model": model_cfg.to_dict(), "run_name": state.run_name, "seed": cfg.seed,
+                 "data": {"channels": info.channels,
+                          "normalization": info.normalization.to_dict(),
+                          "encoding": info.encoding.to_dict(), "data_dir": cfg.data_dir},
+                 "training": _jsonable(dataclasses.asdict(cfg)),
+                 "command": ckpt.command_line()}
+    saver = _Saver(net, trainer if can_save_states else None, cfg, base_meta, state, is_chief)
+    try:
+        for epoch in range(state.epoch, cfg.num_epochs):
+            lr = cfg.learning_rate_at(epoch)
+            trainer.set_learning_rate(lr)
+            dataset.set_epoch(epoch)
+            loader = make_loader(dataset, cfg.batch_size, shuffle=True,
+                                 num_workers=cfg.num_workers, epoch=epoch, seed=cfg.seed)
+            loss, seconds = _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb,
+                                       epoch, num_workers)
+            images_per_sec = len(dataset) / max(seconds, 1e-9)
+            state.epoch = epoch + 1
+            if not is_chief:
+                continue
+            scores, panels = validate(net, info, model_cfg, ctx, cfg.batch_size, cfg.log_images)
+            for name, value in scores.items():
+                tb.scalar(f"val/{name}", value, state.global_step)
+            tb.scalar("train/images_per_sec", images_per_sec, state.global_step)
+            tb.scalar("train/epoch_loss", loss, state.global_step)
+            tb.panels("val/panels", panels, state.global_step)
+            if cfg.histograms:
+                tb.histograms(net, state.global_step)
+            improved = scores["dice"] > state.best_score
+            if improved:
+                state.best_score, state.best_epoch = scores["dice"], epoch + 1
+            saver.save(lr, scores, best=improved)
+            log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f  "
+                     "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
+                     scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,
+                     "  (best, saved)" if improved else "")
+    except KeyboardInterrupt:
+        if is_chief:
+            saver.save(cfg.learning_rate_at(state.epoch), None, best=False)
+            log.warning("interrupted: state saved to %s at step %d; resume with "
+                        "--checkpoint=load", ckpt.last_path(cfg.checkpoint_file),
+                        state.global_step)
+        raise
+    finally:
+        tb.close()
+    return saver.last_meta
+
+
+def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_workers):
+    """One pass over ``loader``; returns (mean loss, seconds)."""
+    from .distributed import split_batch
+    total, count, start = 0.0, 0, time.time()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="batch", leave=False,
+               disable=None)
+    for image, label, weight in bar:
+        n = image.shape[0]
+        parts = [split_batch(a, ctx) for a in (image, label, weight)] if len(ctx) > 1 else \
+            [[a.as_in_context(ctx[0])] for a in (image, label, weight)]
+        with autograd.record():
+            losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
+        if cfg.amp != "fp32":
+            from mxnet.contrib import amp
+            with amp.scale_loss(losses, trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            autograd.backward(losses)
+        trainer.step(n * num_workers)
+        value = sum(float(l.sum().asscalar()) for l in losses) / n
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"loss became {value} at epoch {epoch + 1}, step {state.global_step + 1}; "
+                f"training stopped, the last good checkpoint "
+                f"{ckpt.last_path(cfg.checkpoint_file)} is kept (try a lower --learning-rate)")
+        state.global_step += 1
+        total, count = total + value * n, count + n
+        tb.scalar("train/loss", value, state.global_step)
+        tb.scalar("lr", trainer.learning_rate, state.global_step)
+        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{count / (time.time() - start):.1f}")
+    bar.close()
+    return total / max(count, 1), time.time() - start
+
+
+class _Saver:
+    """Writes the last checkpoint (with optimizer state) and, when improved, the best one."""
+
+    def __init__(self, net, trainer, cfg, base_meta, state, enabled):
+        self.net, self.trainer, self.cfg = net, trainer, cfg
+        self.base_meta, self.state, self.enabled = base_meta, state, enabled
+        self.last_meta = None
+
+    def save(self, lr, scores, best):
+        if not self.enabled:
+            return
+        meta = dict(self.base_meta, epoch=self.state.epoch, global_step=self.state.global_step,
+                    learning_rate=lr, best_score=self.state.best_score,
+                    best_epoch=self.state.best_epoch, scores=scores)
+        try:
+            self.last_meta = ckpt.save_checkpoint(
+                self.net, ckpt.last_path(self.cfg.checkpoint_file), dict(meta, kind="last"),
+                self.trainer)
+            if best:
+                ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"))
+        except OSError as exc:
+            raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
+                             f"{exc.strerror or exc}; the previous checkpoint is kept") from None
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,35 @@
+"""Validation during training: whole validation images, predicted by overlap-tiling."""
+from .imageio import read_image, read_mask
+from .metrics import SegmentationMetric
+from .tiling import predict_probabilities
+
+
+def validate(net, info, model_cfg, ctx, batch_size=4, num_panels=3):
+    """Score ``net`` on ``info.validate``; returns ``(scores, panels)``.
+
+    ``scores``: ``accuracy``, ``pixel_error``, ``mean_iou``, ``dice`` over all validation pixels.
+    ``panels``: up to ``num_panels`` tuples ``(image (H, W, C) in [0, 1], mask, prediction, K)``
+    for TensorBoard.
+    """
+    metric = SegmentationMetric(model_cfg.num_classes)
+    panels = []
+    for sample in info.validate:
+        raw = read_image(sample.image_path)
+        image = info.normalization.apply(_match_channels(raw, info.channels))   # (C, H, W)
+        probs = predict_probabilities(net, image, model_cfg.image_size, ctx=ctx,
+                                      batch_size=batch_size)
+        pred = probs.argmax(axis=0)
+        target = info.encoding.decode(read_mask(sample.mask_path))
+        metric.update(pred, target)
+        if len(panels) < num_panels:
+            panels.append((raw, target, pred, model_cfg.num_classes))
+    return metric.get(), panels
+
+
+def _match_channels(image, channels):
+    """(H, W, C) -> (H, W, channels): gray repeated to 3, RGB averaged to 1."""
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return image.repeat(3, axis=2)
+    return image.mean(axis=2, keepdims=True)
