@@ -121,6 +121,29 @@ def can_save_trainer_states(name):
     return trainer_kwargs(name).get("update_on_kvstore") is not True
 
 
+def sync_initial_params(trainer):
+    """Give every worker rank 0's weights now, before the first forward pass.
+
+    The Trainer broadcasts rank 0's weights lazily, in its first ``step``: that first step's
+    gradients would then come from each worker's own initialization. Call this once after
+    creating the Trainer under ``dist_sync`` (or seed every worker the same); it does nothing for
+    a Trainer with ``update_on_kvstore`` not False (MXNet then refuses a later change of batch
+    size). It uses the Trainer's private ``_init_kvstore``/``_init_params``, as ``save_states``
+    does. The parameters must be initialized with known shapes (no deferred initialization):
+    give the layers their input channels or run one forward pass first.
+    """
+    if trainer._kvstore_params.get("update_on_kvstore") is not False:
+        return
+    deferred = [p.name for p in trainer._params if p._deferred_init]
+    if deferred:
+        raise ValueError(f"parameters {deferred[:3]} are not initialized yet: run one forward "
+                         f"pass before sync_initial_params")
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+
+
 def global_batch_size(local_batch, num_workers):
     """The batch size to pass to ``trainer.step``: the kvstore sums all workers' gradients."""
     if local_batch < 1 or num_workers < 1:
@@ -156,7 +179,7 @@ def split_batch(batch, ctx_list):
     """Split ``batch`` along axis 0 into one slice per context and copy each there.
 
     A thin wrapper over ``gluon.utils.split_and_load(..., even_split=False)``: a batch of 5 on
-    2 contexts gives slices of 2 and 3 (pass ``trainer.step`` the total, 5). A batch smaller
+    2 contexts gives slices of 3 and 2 (pass ``trainer.step`` the total, 5). A batch smaller
     than the number of contexts raises ``ValueError``.
 
     Parameters
