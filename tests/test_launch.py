@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -273,23 +274,25 @@ def test_failing_worker_before_the_cluster_forms(tmp_path):
 
 
 def test_sigterm_to_the_launcher_stops_the_cluster():
-    worker = "import signal; signal.pause()"  # would wait forever
+    # Waits forever; on SIGINT (the launcher's first stop signal to workers) it "saves" and exits.
+    worker = ("import signal, sys\n"
+              "def save(*_): print('state saved', flush=True); sys.exit(0)\n"
+              "signal.signal(signal.SIGINT, save)\nprint('ready', flush=True)\nsignal.pause()")
     proc = subprocess.Popen([sys.executable, "-m", "unet.launch", "-n", "1", "--timeout", "5",
-                             sys.executable, "-c", worker], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             sys.executable, "-c", worker], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(HARD_TIMEOUT, proc.kill)  # readline() has no timeout of its own
+    watchdog.start()
     try:
-        seen = []
-        for line in proc.stderr:
-            seen.append(line)
-            if "started worker 0" in line:
-                break
+        assert proc.stdout.readline() == "[worker 0] ready\n"  # the worker's handler is set
         proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=HARD_TIMEOUT)[1]
+        out, log_text = proc.communicate(timeout=HARD_TIMEOUT)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    log_text = "".join(seen) + rest
     assert proc.returncode == 128 + signal.SIGTERM, log_text
     assert "received SIGTERM; stopping the cluster" in log_text
+    assert "[worker 0] state saved" in out
     _assert_cluster_gone(log_text, 3)

@@ -6,20 +6,24 @@ binds a non-loopback address), without its dependency. It starts one scheduler, 
 role) and ``-n`` workers running ``COMMAND`` with ``DMLC_ROLE=worker``. ps-lite has no timeouts: a
 cluster whose process died waits forever, so the launcher watches every process; when one exits
 non-zero or is killed it logs one line, stops the others (SIGTERM, SIGKILL after ``--timeout``
-seconds) and exits non-zero. Ctrl-C or SIGTERM to the launcher stops the whole cluster.
+seconds) and exits non-zero. Ctrl-C or SIGTERM to the launcher stops the whole cluster: the
+workers get SIGINT first and ``--timeout`` seconds to save their state (a second Ctrl-C cuts
+that short).
 
 ``--launcher local`` (default) runs everything on this machine on 127.0.0.1 with a fresh port,
 ``OMP_NUM_THREADS=1`` unless set. ``--launcher ssh -H HOSTFILE`` runs the scheduler here and the
 servers and workers round-robin over the hosts (lines ``host [port]``) through
 ``ssh -tt host 'cd CWD && exec env DMLC_...=... COMMAND'``: nothing is copied, the project, its
 Python environment (at ``sys.executable``'s path) and the data must be at the same paths on every
-host. The pseudo-terminal makes the remote processes die with their ssh connection.
+host. The pseudo-terminal makes the remote processes die with their ssh connection (SIGHUP:
+on a stop, remote workers get no SIGINT and save nothing).
 
 Output of every process is passed through, each line prefixed ``[worker 0]``, ``[server 0]`` or
 ``[scheduler]``, stdout to stdout and stderr to stderr. The worker number is the launcher's; the
 rank a worker gets from the kvstore is assigned by ps-lite and may differ.
 """
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -177,6 +181,7 @@ class Cluster:
         self.nodes, self.timeout = nodes, timeout
         self.procs, self.threads = [], []
         self.stop_signal = None
+        self.hurry = False  # a second Ctrl-C: stop waiting for the processes to leave
         self.stopped = False
 
     def start(self):
@@ -221,12 +226,14 @@ class Cluster:
                 return 0
             time.sleep(POLL_S)
         log.error("received %s; stopping the cluster", signal.Signals(self.stop_signal).name)
-        self.stop()
+        self.stop(interrupt=True)
         return 128 + self.stop_signal
 
-    def _wait(self, seconds):
+    def _wait(self, seconds, procs=None):
+        procs = self.procs if procs is None else procs
         deadline = time.monotonic() + seconds
-        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline \
+                and not self.hurry:
             time.sleep(POLL_S)
 
     def _signal(self, proc, sig):
@@ -235,11 +242,22 @@ class Cluster:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def stop(self):
-        """SIGTERM every live process, SIGKILL after ``timeout``; True if any was still alive."""
+    def stop(self, interrupt=False):
+        """SIGTERM every live process, SIGKILL after ``timeout``; True if any was still alive.
+
+        With ``interrupt``, the workers first get SIGINT, as from a Ctrl-C in their terminal, and
+        ``timeout`` seconds to save their state (the training loop does on KeyboardInterrupt).
+        """
         if self.stopped:
             return False
         self.stopped = True
+        if interrupt:
+            workers = [p for n, p in zip(self.nodes, self.procs)
+                       if n.role == "worker" and p.poll() is None]
+            for proc in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)  # the worker only, not its DataLoader
+            self._wait(self.timeout, workers)
         alive = [p for p in self.procs if p.poll() is None]
         for proc in alive:
             self._signal(proc, signal.SIGTERM)
@@ -265,6 +283,7 @@ def run_cluster(nodes, timeout=10.0):
     handlers = {}
 
     def on_signal(signum, frame):
+        cluster.hurry = cluster.stop_signal is not None
         cluster.stop_signal = signum
 
     if threading.current_thread() is threading.main_thread():
