@@ -43,7 +43,7 @@ CLUSTER_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_S
 
 
 def check_cluster_env(name, environ=None):
-    """Raise :class:`InputError` unless ``environ`` describes a worker of a parameter-server cluster.
+    """Raise :class:`InputError` unless ``environ`` describes a worker of a cluster.
 
     Parameters
     ----------

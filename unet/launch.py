@@ -121,7 +121,8 @@ def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=
     Builds the command lines only, runs nothing. ``host_ip`` is this machine's address as the
     hosts reach it (the scheduler's ``DMLC_PS_ROOT_URI``); each remote process binds the address
     its host is named by in the hosts file (``DMLC_NODE_HOST``). The few variables of
-    ``FORWARDED_ENV`` that are set in ``environ`` (default ``os.environ``) and ``env`` are passed on.
+    ``FORWARDED_ENV`` that are set in ``environ`` (default ``os.environ``) and ``env`` are
+    passed on.
     """
     environ = os.environ if environ is None else environ
     shared = {**{k: environ[k] for k in FORWARDED_ENV if k in environ}, **(env or {}),
@@ -201,8 +202,8 @@ class Cluster:
         lock = threading.Lock()
         for node, proc in zip(self.nodes, self.procs):
             for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
-                thread = threading.Thread(target=_pump, args=(stream, f"[{node.label}] ", out, lock),
-                                          daemon=True)
+                thread = threading.Thread(
+                    target=_pump, args=(stream, f"[{node.label}] ", out, lock), daemon=True)
                 thread.start()
                 self.threads.append(thread)
 
