@@ -1,0 +1,125 @@
+"""Segment images with a trained U-Net checkpoint, score them, or export the network.
+
+    python evaluate.py --image ./input.png --network-param ./unet_best.params
+    python evaluate.py --image ./images/ --network-param ./unet_best.params --tta
+    python evaluate.py --data-dir ./data --network-param ./unet_best.params
+    python evaluate.py --network-param ./unet_best.params --export ./deploy/unet
+"""
+import os
+import sys
+
+from unet.cli import OneLineParser, int_list, run_guarded, setup_logging
+from unet.errors import InputError
+from unet.evaluation import format_table, list_dataset, list_folder, segment_samples, \
+    write_metrics
+from unet.export import export_network
+from unet.inference import Segmenter, contexts, default_mask_path, segment_file
+
+
+def build_parser():
+    parser = OneLineParser(
+        description="Segment images with a trained U-Net. The network is rebuilt from the "
+                    "checkpoint's own config: no architecture flags.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image", metavar="PATH",
+                        help="an image file, or a folder of images (a folder named 'image' is "
+                             "scored against a sibling 'mask' folder where masks exist)")
+    source.add_argument("--data-dir", metavar="DIR",
+                        help="a dataset root: segments DIR/SPLIT/image and scores against "
+                             "DIR/SPLIT/mask where masks exist")
+    parser.add_argument("--split", default="test",
+                        help="split of --data-dir to segment (default: test; e.g. validate)")
+    parser.add_argument("--network-param", metavar="PATH", required=True,
+                        help="checkpoint written by segmenter.py (its PATH.json must be beside it)")
+    parser.add_argument("--output", metavar="PATH",
+                        help="mask file (or folder) for a single image (default: NAME_mask.png "
+                             "beside it); "
+                             "output folder in folder mode (default: FOLDER_masks beside the "
+                             "folder, or ./predictions for --data-dir)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write NAME_overlay.png: the input with predicted boundaries")
+    parser.add_argument("--probabilities", choices=("png16", "npy"),
+                        help="also write the foreground probability map as NAME_prob.png "
+                             "(16-bit, 0..65535) or NAME_prob.npy (float32)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and 90-degree rotations of every tile")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="tiles per forward pass (default: 4)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="minimum overlap of neighbouring tiles in pixels "
+                             "(default: a quarter of the tile size)")
+    parser.add_argument("--gpu-id", metavar="IDS", type=int_list, default=(),
+                        help="comma-separated GPU numbers, e.g. 0 or 0,1 (default: CPU)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="foreground probability threshold of a binary model (default: 0.5)")
+    parser.add_argument("--export", metavar="PREFIX",
+                        help="write PREFIX-symbol.json, PREFIX-0000.params, PREFIX.json and "
+                             "PREFIX.onnx (when the onnx package is installed)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def check_options(args):
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.overlap is not None and args.overlap < 0:
+        raise InputError(f"--overlap must be non-negative, got {args.overlap}")
+
+
+def run(args):
+    check_options(args)
+    ctx = contexts(args.gpu_id)
+    segmenter = Segmenter.from_checkpoint(
+        args.network_param, ctx=ctx, batch_size=args.batch_size, tta=args.tta,
+        threshold=args.threshold, overlap=args.overlap)
+    if args.overlap is not None and args.overlap >= segmenter.tile_size:
+        raise InputError(f"--overlap {args.overlap} must be smaller than the tile size "
+                         f"{segmenter.tile_size}")
+    if args.export:
+        for path in export_network(segmenter.net, segmenter.meta, args.export):
+            print(path)
+    if args.image and os.path.isfile(args.image):
+        mask_path = args.output or default_mask_path(args.image)
+        if os.path.isdir(mask_path):
+            mask_path = default_mask_path(args.image, mask_path)
+        _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
+                                  args.probabilities)
+        for path in written:
+            print(path)
+        return 0
+    if args.image:
+        if not os.path.isdir(args.image):
+            raise InputError(f"{args.image}: no such file or folder")
+        samples = list_folder(args.image)
+        output = args.output or os.path.normpath(args.image) + "_masks"
+    elif args.data_dir:
+        samples = list_dataset(args.data_dir, args.split)
+        output = args.output or "predictions"
+    else:
+        return 0
+    rows = segment_samples(segmenter, samples, output, args.overlay, args.probabilities,
+                           progress=not args.no_progress)
+    print(f"{len(samples)} masks in {output}")
+    if rows:
+        info = {"checkpoint": os.path.abspath(args.network_param), "tta": args.tta,
+                "threshold": args.threshold, "num_images": len(samples)}
+        paths = write_metrics(output, rows, info)
+        print(format_table(rows))
+        print(f"metrics: {paths[0]} {paths[1]}")
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.image or args.data_dir or args.export):
+        parser.error("give --image, --data-dir or --export")
+    setup_logging(args.verbose)
+    return run_guarded(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Segmenting images with a trained checkpoint: image -> probabilities -> classes -> mask file.
+
+:class:`Segmenter` holds a network rebuilt from its checkpoint together with the data config it
+was trained with (channels, normalization, mask encoding), so an image file goes in and a mask in
+the training masks' own values (0/255 for binary) comes out, at the image's size.
+"""
+import logging
+import os
+from dataclasses import dataclass
+
+import mxnet as mx
+import numpy as np
+
+from .atomic import atomic_path
+from .checkpoint import load_for_inference
+from .data import Normalization, match_channels
+from .errors import InputError
+from .imageio import display_path, read_image, write_png
+from .masks import MaskEncoding
+from .tiling import predict_probabilities
+
+logger = logging.getLogger(__name__)
+
+PROBABILITY_FORMATS = ("png16", "npy")
+OVERLAY_COLOR = (255, 0, 0)
+
+
+@dataclass
+class Prediction:
+    """The result for one image of ``H x W`` pixels and ``K`` classes."""
+
+    probabilities: np.ndarray  # (K, H, W) float32
+    classes: np.ndarray        # (H, W) int32 class indices
+    mask: np.ndarray           # (H, W) or (H, W, 3) uint8 in the training masks' values
+
+
+def classes_from_probabilities(probabilities, threshold=0.5):
+    """``(H, W)`` int32 classes from ``(K, H, W)`` probabilities.
+
+    Two classes: foreground (1) where its probability is at least ``threshold``. More classes: the
+    most probable one (``threshold`` is not used).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if probabilities.shape[0] == 2:
+        return (probabilities[1] >= threshold).astype(np.int32)
+    return probabilities.argmax(axis=0).astype(np.int32)
+
+
+def foreground_probability(probabilities):
+    """``(H, W)`` probability of any foreground class (everything but class 0)."""
+    return np.clip(1.0 - probabilities[0], 0.0, 1.0)
+
+
+def boundaries(classes):
+    """``(H, W)`` bool: pixels with a 4-neighbour of another class."""
+    edge = np.zeros(classes.shape, bool)
+    vertical = classes[1:, :] != classes[:-1, :]
+    horizontal = classes[:, 1:] != classes[:, :-1]
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+def overlay_image(image, classes, color=OVERLAY_COLOR):
+    """``(H, W, 3)`` uint8: the ``(H, W, C)`` [0, 1] image with class boundaries drawn in ``color``."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    out = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out[boundaries(classes)] = color
+    return out
+
+
+class Segmenter:
+    """A trained network and the data config it expects.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        Initialized :class:`unet.model.UNet` on every context in ``ctx``; hybridized here.
+    meta : dict
+        Checkpoint metadata: ``meta['model']`` (``ModelConfig.to_dict()``) and ``meta['data']``
+        with ``channels``, ``normalization`` and ``encoding``.
+    ctx : mxnet.Context or list of mxnet.Context, default None
+        None means ``mx.cpu()``.
+    batch_size : int, default 4
+        Tiles per forward pass (see :func:`unet.tiling.predict_probabilities`).
+    tta : bool, default False
+        Average over the 8 flips and quarter turns of every tile.
+    threshold : float, default 0.5
+        Foreground probability threshold of a binary model.
+    overlap : int, default None
+        Tile overlap in pixels; None means a quarter tile.
+    """
+
+    def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        self.net, self.meta = net, meta
+        self.ctx = ctx if ctx is not None else mx.cpu()
+        self.batch_size, self.tta, self.threshold, self.overlap = batch_size, tta, threshold, overlap
+        self.tile_size = int(meta["model"]["image_size"])
+        self.num_classes = int(meta["model"]["num_classes"])
+        data = meta["data"]
+        self.channels = int(data["channels"])
+        self.normalization = Normalization.from_dict(data["normalization"])
+        self.encoding = MaskEncoding.from_dict(data["encoding"])
+        net.hybridize(static_alloc=True)
+
+    @classmethod
+    def from_checkpoint(cls, params_path, ctx=None, **options):
+        """Rebuild the network from checkpoint ``params_path`` and its JSON; InputError if bad."""
+        net, meta = load_for_inference(params_path, ctx if ctx is not None else mx.cpu())
+        try:
+            Normalization.from_dict(meta["data"]["normalization"])
+            MaskEncoding.from_dict(meta["data"]["encoding"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{display_path(params_path)}.json: bad data config: {err}") from None
+        segmenter = cls(net, meta, ctx=ctx, **options)
+        logger.info("loaded %s: %s classes, tile %d, epoch %s", display_path(params_path),
+                    meta["model"]["num_classes"], meta["model"]["image_size"], meta.get("epoch"))
+        return segmenter
+
+    def predict(self, image, name="image"):
+        """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
+        image = match_channels(image, self.channels, name)
+        probabilities = predict_probabilities(
+            self.net, self.normalization.apply(image), self.tile_size, ctx=self.ctx,
+            batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
+        classes = classes_from_probabilities(probabilities, self.threshold)
+        return Prediction(probabilities, classes, self.encoding.encode(classes))
+
+
+def output_paths(mask_path):
+    """``{'mask', 'overlay', 'png16', 'npy'}`` beside ``mask_path``; ``NAME_mask.png`` gives
+    ``NAME_overlay.png``, ``NAME_prob.png`` and ``NAME_prob.npy``."""
+    mask_path = os.fspath(mask_path)
+    root = os.path.splitext(mask_path)[0]
+    if root.endswith("_mask"):
+        root = root[:-len("_mask")]
+    return {"mask": mask_path, "overlay": f"{root}_overlay.png", "png16": f"{root}_prob.png",
+            "npy": f"{root}_prob.npy"}
+
+
+def default_mask_path(image_path, folder=None):
+    """``NAME_mask.png`` in ``folder`` (default: beside the image)."""
+    image_path = os.fspath(image_path)
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(folder if folder is not None else os.path.dirname(image_path),
+                        f"{stem}_mask.png")
+
+
+def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None):
+    """Write the mask at ``mask_path`` and optionally the overlay and probability map beside it.
+
+    Parameters
+    ----------
+    prediction : Prediction
+    image : numpy.ndarray
+        The ``(H, W, C)`` [0, 1] input, drawn under the overlay.
+    mask_path : str
+        Destination of the mask PNG.
+    overlay : bool, default False
+        Also write ``NAME_overlay.png``.
+    probabilities : {None, 'png16', 'npy'}, default None
+        Also write the foreground probability as a 16-bit PNG (0..65535) or a float32 ``.npy``.
+
+    Returns
+    -------
+    list of str
+        Written paths.
+    """
+    if probabilities not in (None,) + PROBABILITY_FORMATS:
+        raise ValueError(f"probabilities must be one of {PROBABILITY_FORMATS} or None, "
+                         f"got {probabilities!r}")
+    paths = output_paths(mask_path)
+    write_png(paths["mask"], prediction.mask)
+    written = [paths["mask"]]
+    if overlay:
+        write_png(paths["overlay"], overlay_image(image, prediction.classes))
+        written.append(paths["overlay"])
+    if probabilities is not None:
+        foreground = foreground_probability(prediction.probabilities)
+        path = paths[probabilities]
+        if probabilities == "png16":
+            write_png(path, (foreground * 65535.0 + 0.5).astype(np.uint16))
+        else:
+            _write_npy(path, foreground.astype(np.float32))
+        written.append(path)
+    return written
+
+
+def _write_npy(path, array):
+    try:
+        with atomic_path(path) as tmp:
+            np.save(tmp, array, allow_pickle=False)
+    except OSError as err:
+        raise InputError(f"{display_path(path)}: cannot write: {err.strerror or err}") from None
+
+
+def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=None):
+    """Read ``image_path``, segment it, write the outputs; returns ``(prediction, written)``."""
+    image = read_image(image_path)
+    prediction = segmenter.predict(image, display_path(image_path))
+    return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities)
+
+
+def contexts(gpu_ids):
+    """``[mx.gpu(i), ...]`` for ``gpu_ids``, or ``[mx.cpu()]`` when empty; InputError for a GPU
+    this machine does not have."""
+    if not gpu_ids:
+        return [mx.cpu()]
+    if any(i < 0 for i in gpu_ids) or len(set(gpu_ids)) != len(gpu_ids):
+        raise InputError(f"--gpu-id {','.join(map(str, gpu_ids))}: GPU numbers must be "
+                         f"distinct and non-negative")
+    available = mx.context.num_gpus()
+    missing = [i for i in gpu_ids if i >= available]
+    if missing:
+        raise InputError(f"--gpu-id {','.join(map(str, gpu_ids))}: this machine has "
+                         f"{available} GPU(s) visible to MXNet; GPU {missing[0]} does not exist")
+    return [mx.gpu(i) for i in gpu_ids]
