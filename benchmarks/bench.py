@@ -1,0 +1,498 @@
+"""Speed and memory of the U-Net on this machine: ``python benchmarks/bench.py [--json] ...``.
+
+Every row runs in a fresh Python process (so peak memory and one-time costs belong to that row
+alone): a few warm-up calls, then the median of ``--repeat`` timed calls.
+
+Tasks
+-----
+train   one training step: forward, loss, backward, optimizer update (batch ``--batch``)
+infer   one forward pass
+data    the data pipeline alone: load + augment, images/s with ``--workers`` loader workers
+epoch   a short real epoch of ``unet.train.train`` against the same number of pure steps
+tiled   overlap-tiled inference of a 2048x2048 image against one 512x512 pass, per pixel
+
+GFLOP/s counts the convolutions only (2*k*k*Cin*Cout*H*W per forward; a training step counts
+3x the forward). Peak memory is the child process' ``ru_maxrss``.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("train", "infer", "data", "epoch", "tiled")
+STEP_TASKS = ("train", "infer")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+TILED_IMAGE = 2048
+
+
+# ----------------------------------------------------------------------------- machine
+
+def machine_info():
+    """CPU model, usable cores, selected ISA flags and library versions, as a dict."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
+            "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+
+
+def machine_line(info):
+    return (f"machine: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags']) or '-'}"
+            f", OMP_NUM_THREADS={info['omp_num_threads']}, Python {info['python']}"
+            + (f", mxnet {info['mxnet']}" if info.get("mxnet") else ""))
+
+
+# ----------------------------------------------------------------------------- child side
+
+def peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+
+
+def timed(fn, warmup, repeat):
+    """(first call ms, list of timed ms): ``warmup`` untimed calls after the first, then ``repeat``."""
+    start = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - start) * 1e3
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return first, times
+
+
+def median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def use_fast_norm():
+    """Build layer-norm models with ``unet.fastnorm.LayerNorm`` (same function, faster backward).
+
+    ``unet.blocks.make_norm`` has no switch for it yet, so the benchmark swaps the factory.
+    """
+    from unet import blocks, fastnorm
+    original = blocks.make_norm
+    blocks.make_norm = lambda norm: fastnorm.LayerNorm() if norm == "layer" else original(norm)
+
+
+def model_config(spec, size):
+    from unet.config import ModelConfig
+    return ModelConfig(in_channels=spec["channels"], image_size=size, norm=spec["norm"],
+                       base_channels=spec["base_channels"], depth=spec["depth"])
+
+
+def conv_gflop(cfg, height, width):
+    """Convolution GFLOP of one forward pass of one ``height x width`` image.
+
+    Counted on a batch-norm twin of ``cfg`` at the smallest valid size and scaled by area: every
+    convolution keeps the stage's resolution, so the count is exactly proportional to H*W.
+    """
+    import dataclasses
+    import mxnet as mx
+    from mxnet.gluon import nn
+    from unet.model import build_unet
+    small = cfg.size_multiple
+    twin = build_unet(dataclasses.replace(cfg, norm="batch", image_size=small))
+    twin.initialize()
+    total = [0]
+
+    def hook(block, inputs, output):
+        cout, cin, kh, kw = block.weight.shape
+        if isinstance(block, nn.Conv2DTranspose):            # weight (Cin, Cout, k, k), input grid
+            cout, cin = cin, cout
+            area = inputs[0].shape[2] * inputs[0].shape[3]
+        else:
+            area = output.shape[2] * output.shape[3]
+        total[0] += 2 * kh * kw * cin * cout * area
+
+    def attach(block):
+        if isinstance(block, (nn.Conv2D, nn.Conv2DTranspose)):
+            block.register_forward_hook(hook)
+        for child in block._children.values():
+            attach(child)
+
+    attach(twin)
+    twin(mx.nd.zeros((1, cfg.in_channels, small, small)))
+    return total[0] * (height * width) / (small * small) / 1e9
+
+
+def build_net(spec, size, amp_init):
+    import mxnet as mx
+    from unet.model import build_unet, initializer
+    if amp_init:
+        from mxnet.contrib import amp
+        amp.init(target_dtype="bfloat16")
+    cfg = model_config(spec, size)
+    net = build_unet(cfg)
+    net.initialize(initializer(), ctx=mx.cpu())
+    if spec["static"]:
+        net.hybridize(static_alloc=True, static_shape=True)
+    else:
+        net.hybridize()
+    return cfg, net
+
+
+def inputs(spec, cfg, size, seed=0):
+    import mxnet as mx
+    mx.random.seed(seed)
+    shape = (spec["batch"], cfg.in_channels, size, size)
+    x = mx.nd.random.uniform(-1, 1, shape=shape)
+    y = mx.nd.random.randint(0, cfg.num_classes, shape=(spec["batch"], size, size)).astype("float32")
+    return x, y, mx.nd.ones((spec["batch"], size, size))
+
+
+def run_train(spec):
+    import mxnet as mx
+    from mxnet import autograd, gluon
+    from unet.losses import SegmentationLoss
+    bf16 = spec["amp"] == "bf16"
+    cfg, net = build_net(spec, spec["size"], amp_init=bf16)
+    x, y, w = inputs(spec, cfg, spec["size"])
+    loss_fn = SegmentationLoss("ce", cfg.num_classes)
+    loss_fn.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-4})
+    if bf16:
+        from mxnet.contrib import amp
+        amp.init_trainer(trainer)
+    losses = []
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(net(x), y, w)
+        if bf16:
+            with amp.scale_loss(loss, trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            loss.backward()
+        trainer.step(spec["batch"])
+        losses.append(float(loss.mean().asscalar()))
+        mx.nd.waitall()
+
+    first, times = timed(step, spec["warmup"], spec["repeat"])
+    return dict(first_ms=first, times_ms=times, gflop=3 * spec["batch"] * conv_gflop(
+        cfg, spec["size"], spec["size"]), last_loss=losses[-1])
+
+
+def prepare_infer_net(spec, size):
+    """A ready inference net for the spec (bf16 conversion, oneDNN fusion) and its input."""
+    import mxnet as mx
+    cfg, net = build_net(spec, size, amp_init=False)
+    x, _, _ = inputs(spec, cfg, size)
+    reference = net(x)
+    if spec["amp"] == "bf16":
+        from mxnet.contrib import amp
+        net = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu())
+    if spec["fuse"]:
+        net.optimize_for(x, backend="MKLDNN", static_alloc=spec["static"],
+                         static_shape=spec["static"])
+    return cfg, net, x, reference
+
+
+def run_infer(spec):
+    import mxnet as mx
+    cfg, net, x, reference = prepare_infer_net(spec, spec["size"])
+
+    def forward():
+        net(x).wait_to_read()
+
+    first, times = timed(forward, spec["warmup"], spec["repeat"])
+    probs = mx.nd.softmax(net(x).astype("float32"), axis=1)
+    ref_probs = mx.nd.softmax(reference, axis=1)
+    diff = float(mx.nd.abs(probs - ref_probs).max().asscalar())
+    return dict(first_ms=first, times_ms=times, max_prob_diff_vs_fp32=diff,
+                gflop=spec["batch"] * conv_gflop(cfg, spec["size"], spec["size"]))
+
+
+def run_tiled(spec):
+    import numpy as np
+    from unet.tiling import predict_probabilities
+    tile = spec["size"]
+    cfg, net, x, _ = prepare_infer_net(dict(spec, batch=1), tile)
+    image = np.random.default_rng(0).uniform(
+        -1, 1, (cfg.in_channels, TILED_IMAGE, TILED_IMAGE)).astype(np.float32)
+
+    def single():
+        net(x).wait_to_read()
+
+    def tiled():
+        predict_probabilities(net, image, tile, batch_size=spec["batch"], overlap=spec["overlap"])
+
+    _, single_times = timed(single, spec["warmup"], spec["repeat"])
+    first, times = timed(tiled, 1, max(1, spec["repeat"] // 3))
+    per_pixel = median(times) / TILED_IMAGE ** 2 / (median(single_times) / tile ** 2)
+    return dict(first_ms=first, times_ms=times, single_ms_median=median(single_times),
+                per_pixel_vs_single=per_pixel, image=TILED_IMAGE, tile=tile,
+                gflop=conv_gflop(cfg, TILED_IMAGE, TILED_IMAGE))
+
+
+def demo_dataset(folder, size, count):
+    from unet.demo_data import generate_demo_dataset
+    generate_demo_dataset(folder, seed=0, size=size, n_train=count, n_validate=2, n_test=1)
+    return folder
+
+
+def run_data(spec):
+    from unet.data import SegmentationDataset, make_loader, prepare_data
+    size, count = spec["size"], spec["epoch_images"]
+    with tempfile.TemporaryDirectory() as folder:
+        info = prepare_data(demo_dataset(folder, size, count), 2, channels=spec["channels"])
+        dataset = SegmentationDataset(info.train, info, size, augment=True, seed=0)
+        state = {"epoch": 0}
+
+        def one_epoch():
+            dataset.set_epoch(state["epoch"])
+            loader = make_loader(dataset, spec["batch"], shuffle=True,
+                                 num_workers=spec["workers"], epoch=state["epoch"], seed=0)
+            for _ in loader:
+                pass
+            state["epoch"] += 1
+
+        first, times = timed(one_epoch, spec["warmup"], spec["repeat"])
+        images = len(dataset)
+    return dict(first_ms=first, times_ms=times, images=images, workers=spec["workers"])
+
+
+def run_epoch(spec):
+    from unet.train import train
+    from unet.train_config import TrainConfig
+    size, count = spec["size"], spec["epoch_images"]
+    with tempfile.TemporaryDirectory() as folder:
+        data = demo_dataset(os.path.join(folder, "data"), size, count)
+
+        def run(epochs, name):
+            cfg = TrainConfig(model=model_config(spec, size), channels=spec["channels"],
+                              data_dir=data, checkpoint_file=os.path.join(folder, name, "u.params"),
+                              log_dir=os.path.join(folder, name, "logs"), batch_size=spec["batch"],
+                              num_epochs=epochs, epoch_size=count, num_workers=spec["workers"],
+                              amp=spec["amp"], seed=0)
+            start = time.perf_counter()
+            train(cfg)
+            return (time.perf_counter() - start) * 1e3
+
+        one, three = run(1, "one"), run(3, "three")
+    epoch_ms = (three - one) / 2                     # set-up and graph building cancel out
+    steps = -(-count // spec["batch"])
+    step = run_train(dict(spec, warmup=2, repeat=max(3, spec["repeat"])))
+    pure_ms = steps * median(step["times_ms"])
+    return dict(first_ms=one, times_ms=[epoch_ms], steps=steps, pure_steps_ms=pure_ms,
+                overhead=epoch_ms / pure_ms - 1.0, images=count)
+
+
+RUNNERS = {"train": run_train, "infer": run_infer, "data": run_data, "epoch": run_epoch,
+           "tiled": run_tiled}
+NEEDS = {"data": "unet.data", "epoch": "unet.train", "tiled": "unet.tiling"}
+
+
+def child(spec):
+    """Measure one row in this (fresh) process; returns the row dict."""
+    import importlib
+    sys.path.insert(0, str(ROOT))
+    import cv2
+    cv2.setNumThreads(0)
+    if spec["fast_norm"]:
+        use_fast_norm()
+    row = {k: spec[k] for k in ("task", "size", "channels", "batch")}
+    row["variant"] = variant_name(spec)
+    needed = NEEDS.get(spec["task"])
+    if needed:
+        try:
+            importlib.import_module(needed)
+        except ImportError as exc:
+            return dict(row, status=f"not available: {needed} ({exc})")
+    result = RUNNERS[spec["task"]](spec)
+    times = result.pop("times_ms")
+    ms = median(times)
+    row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
+               repeat=len(times), peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
+    if "gflop" in result:
+        row["gflops_achieved"] = round(result["gflop"] / (ms / 1e3), 1)
+    images = result.get("images", spec["batch"])
+    row["images_per_s"] = round(images / (ms / 1e3), 3)
+    row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
+    return row
+
+
+# ----------------------------------------------------------------------------- parent side
+
+def variant_name(spec):
+    parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
+    parts += [flag for flag in ("fuse", "mirror") if spec[flag]]
+    if not spec["static"]:
+        parts.append("dynamic")
+    if spec["threads"]:
+        parts.append(f"omp{spec['threads']}")
+    parts += spec["env"]
+    return " ".join(parts)
+
+
+def child_env(spec):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if spec["mirror"]:
+        env["MXNET_BACKWARD_DO_MIRROR"] = "1"
+    if spec["threads"]:
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    for item in spec["env"]:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def run_row(spec, timeout):
+    """Run one row in a fresh interpreter; a failure becomes a row with ``status='error: ...'``."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, env=child_env(spec), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(task=spec["task"], size=spec["size"], channels=spec["channels"],
+                    variant=variant_name(spec), status=f"error: timed out after {timeout} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return dict(task=spec["task"], size=spec["size"], channels=spec["channels"],
+                variant=variant_name(spec), status=f"error: rc {done.returncode}: {tail[:300]}")
+
+
+def row_specs(args):
+    base = {k: getattr(args, k) for k in (
+        "amp", "norm", "fast_norm", "fuse", "mirror", "static", "threads", "env", "batch",
+        "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap")}
+    specs = []
+    for task in args.task:
+        sizes = args.size if task in STEP_TASKS or args.size_given else [256 if task in (
+            "data", "epoch") else 512]
+        channels = args.channels if task in STEP_TASKS or args.channels_given else [1]
+        for size in sizes:
+            for ch in channels:
+                specs.append(dict(base, task=task, size=size, channels=ch))
+    return specs
+
+
+def format_table(rows):
+    head = ("task", "size", "ch", "variant", "ms median", "min-max", "img/s", "GFLOP/s",
+            "peak MB", "note")
+    lines = [head]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append((r["task"], str(r["size"]), str(r["channels"]), r.get("variant", ""),
+                          "-", "-", "-", "-", "-", r.get("status", "")))
+            continue
+        note = ""
+        if r["task"] == "tiled":
+            note = f"per pixel {r['per_pixel_vs_single']:.2f}x one {r['tile']} pass"
+        elif r["task"] == "epoch":
+            note = f"epoch vs {r['steps']} pure steps: {100 * r['overhead']:+.1f}%"
+        elif r["task"] == "data":
+            note = f"{r['workers']} workers"
+        elif r.get("max_prob_diff_vs_fp32"):
+            note = f"max |p - p_fp32| {r['max_prob_diff_vs_fp32']:.2g}"
+        lines.append((r["task"], str(r["size"]), str(r["channels"]), r["variant"],
+                      f"{r['ms_median']:.0f}", f"{r['ms_min']:.0f}-{r['ms_max']:.0f}",
+                      f"{r['images_per_s']:.2f}", str(r.get("gflops_achieved", "-")),
+                      f"{r['peak_rss_mb']:.0f}", note))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    rule = "| " + " | ".join("-" * w for w in widths) + " |"
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    return "\n".join([out[0], rule] + out[1:])
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--size", nargs="+", type=int, default=None,
+                   help="image side (default 256 512; data/epoch 256; tiled: the tile, 512)")
+    p.add_argument("--channels", nargs="+", type=int, default=None, help="default 1 3")
+    p.add_argument("--batch", type=int, default=1, help="images per step (tiled: tiles per pass)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per row (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="repeat 3, warmup 1, 256x256 only, 1 channel: a fast look")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows instead")
+    g = p.add_argument_group("variants (levers)")
+    g.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: mxnet.contrib.amp (train: amp.init; infer: convert_hybrid_block)")
+    g.add_argument("--norm", choices=("layer", "batch"), default="layer")
+    g.add_argument("--fast-norm", action="store_true",
+                   help="unet.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
+    g.add_argument("--fuse", action="store_true",
+                   help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
+    g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")
+    g.add_argument("--no-static", dest="static", action="store_false",
+                   help="hybridize without static_alloc/static_shape")
+    g.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS (default: unset)")
+    g.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the child processes, e.g. MALLOC_ARENA_MAX=2")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--base-channels", type=int, default=64)
+    g.add_argument("--depth", type=int, default=4)
+    g.add_argument("--workers", type=int, default=2, help="data/epoch loader workers (default 2)")
+    g.add_argument("--epoch-images", type=int, default=16, help="data/epoch images (default 16)")
+    g.add_argument("--overlap", type=int, default=None, help="tiled: overlap (default tile/4)")
+    g.add_argument("--timeout", type=int, default=1800, help="seconds per row (default 1800)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+    if args.quick:
+        args.repeat, args.warmup = 3, 1
+        args.size = args.size or [256]
+        args.channels = args.channels or [1]
+    args.size_given, args.channels_given = args.size is not None, args.channels is not None
+    args.size = args.size or [256, 512]
+    args.channels = args.channels or [1, 3]
+    for name in ("repeat", "batch", "base_channels", "depth", "epoch_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(item.count("=") < 1 for item in args.env):
+        parser.error(f"--env takes KEY=VALUE, got {args.env}")
+    info = machine_info()
+    rows = []
+    if not args.json:
+        print(machine_line(info), flush=True)
+    for spec in row_specs(args):
+        row = run_row(spec, args.timeout)
+        row["machine"] = info
+        rows.append(row)
+        if not args.json:
+            print(f"  {row['task']} {row['size']} ch{row['channels']} {row.get('variant', '')}: "
+                  f"{row.get('ms_median', '-')} ms, {row.get('status')}", file=sys.stderr,
+                  flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table(rows))
+    return 0 if all(r.get("status", "").startswith(("ok", "not available")) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
