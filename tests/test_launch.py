@@ -265,10 +265,10 @@ def test_killed_worker_stops_the_cluster(tmp_path):
 
 
 def test_failing_worker_before_the_cluster_forms(tmp_path):
-    code = "import sys; print('about to fail', flush=True); sys.exit(3)"
+    code = "import sys; print('10%\\r100%\\rabout to fail', flush=True); sys.exit(3)"
     run = _launch(["-n", "1", "--timeout", "5", "--", sys.executable, "-c", code])
     assert run.returncode == 3, run.stderr
-    assert "[worker 0] about to fail" in run.stdout
+    assert "[worker 0] about to fail\n" in run.stdout  # as a terminal shows a redrawn line
     assert re.search(r"worker 0 \(pid \d+\) exited with code 3; stopping the cluster", run.stderr)
     _assert_cluster_gone(run.stderr, 3)
 

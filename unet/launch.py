@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .cli import OneLineParser
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ def _death_signal_setter():
 
 def _pump(stream, prefix, out, lock):
     for raw in iter(stream.readline, b""):
-        text = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
+        # What a terminal would show: progress bars redraw after "\r", ssh -tt ends lines "\r\n".
+        text = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
         with lock:
             out.write(f"{prefix}{text}\n")
             out.flush()
@@ -307,7 +309,7 @@ def _env_pair(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m unet.launch", description=__doc__.split("\n\n")[0],
         epilog="Example: python -m unet.launch -n 2 -s 1 python segmenter.py --kvstore dist_sync")
     parser.add_argument("-n", "--num-workers", type=int, required=True, help="worker processes")
