@@ -32,8 +32,9 @@ def _pack(rgb):
     return (rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2]
 
 
-def _listing(values):
-    values = sorted(values)
+def listing(values):
+    """Sorted mask values (ints and/or colours) as short text for an error message."""
+    values = sorted(values, key=lambda v: v if isinstance(v, tuple) else (v, v, v))
     more = f" and {len(values) - _SHOW} more" if len(values) > _SHOW else ""
     return ", ".join(str(list(v) if isinstance(v, tuple) else v) for v in values[:_SHOW]) + more
 
@@ -156,7 +157,7 @@ class MaskEncoding:
         found = table[order][pos] == keys
         if not found.all():
             bad = raw[~found] if self.kind != "color" else raw[~found].reshape(-1, 3)
-            self._fail(f"unexpected mask values {_listing(unique_values(_as_mask(bad)))} for "
+            self._fail(f"unexpected mask values {listing(unique_values(_as_mask(bad)))} for "
                        f"{self._describe()}", name)
         return order[pos].astype(np.int32)
 
@@ -230,14 +231,15 @@ def infer_encoding(found_values, num_classes, colormap=None):
                 return MaskEncoding("binary", list(values))
     if found <= set(range(num_classes)):
         return MaskEncoding("index", list(range(num_classes)))
-    bad = found - set(range(num_classes))
+    candidates = [set(v) for v in _BINARY_VALUES] if num_classes == 2 else [set(range(num_classes))]
+    closest = min(candidates, key=lambda c: (len(found - c), sorted(c)[-1]))
     if num_classes == 2:
-        expected = "0/255 or 0/1 (binary)"
+        expected = f"0/255 or 0/1 (binary); closest: {'/'.join(map(str, sorted(closest)))}"
     else:
         expected = f"class indices 0..{num_classes - 1}"
-    raise InputError(f"mask values {_listing(bad)} fit no mask format for num_classes="
-                     f"{num_classes}: expected {expected}, or RGB masks with a colormap "
-                     "(masks must be saved losslessly, e.g. PNG, not JPEG)")
+    raise InputError(f"mask values {listing(found - closest)} fit no mask format for "
+                     f"num_classes={num_classes}: expected {expected}, or RGB masks with a "
+                     "colormap (masks must be saved losslessly, e.g. PNG, not JPEG)")
 
 
 def _infer_colour(found, num_classes, colormap):
@@ -252,11 +254,11 @@ def _infer_colour(found, num_classes, colormap):
                              f"{num_classes}")
         unknown = colours - {tuple(c) for c in encoding.colormap}
         if unknown:
-            raise InputError(f"mask colours {_listing(unknown)} are not in the colormap "
+            raise InputError(f"mask colours {listing(unknown)} are not in the colormap "
                              f"{encoding.colormap}")
         return encoding
     if len(colours) != num_classes:
-        raise InputError(f"colour masks show {len(colours)} colours ({_listing(colours)}) but "
+        raise InputError(f"colour masks show {len(colours)} colours ({listing(colours)}) but "
                          f"num_classes is {num_classes}: pass a colormap of {num_classes} "
                          "[r, g, b] colours, one per class")
     return MaskEncoding("color", [], [list(c) for c in sorted(colours)])
