@@ -119,7 +119,8 @@ def test_tta_changes_nothing_for_a_symmetric_input_and_makes_the_net_equivariant
     probs = predict_probabilities(net, image, TILE, tta=True)
     for k in range(8):
         np.testing.assert_allclose(dihedral(probs, k), probs, atol=1e-6)
-    turned = predict_probabilities(net, dihedral(random_image(TILE, TILE), 1).copy(), TILE, tta=True)
+    turned = predict_probabilities(net, dihedral(random_image(TILE, TILE), 1).copy(), TILE,
+                                   tta=True)
     plain = predict_probabilities(net, random_image(TILE, TILE), TILE, tta=True)
     np.testing.assert_allclose(turned, dihedral(plain, 1), atol=1e-6)
 

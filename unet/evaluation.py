@@ -119,7 +119,8 @@ def format_table(rows):
     lines = [f"{'image':<{width}}  " + "  ".join(f"{key:>11}" for key in SCORES)]
     mean = mean_scores(rows)
     for row in rows + [dict(mean, image="mean")]:
-        lines.append(f"{row['image']:<{width}}  " + "  ".join(f"{row[key]:>11.4f}" for key in SCORES))
+        values = "  ".join(f"{row[key]:>11.4f}" for key in SCORES)
+        lines.append(f"{row['image']:<{width}}  {values}")
     return "\n".join(lines)
 
 

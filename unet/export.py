@@ -75,7 +75,8 @@ def export_network(net, meta, prefix, onnx=True):
         shutil.rmtree(scratch, ignore_errors=True)
     written = [paths["symbol"], paths["params"]]
     config = {"model": meta["model"], "data": meta.get("data"), "input_name": "data",
-              "input_shape": list(shape), "output": "class scores (N, K, H, W); softmax over axis 1",
+              "input_shape": list(shape),
+              "output": "class scores (N, K, H, W); softmax over axis 1",
               "symbol": os.path.basename(paths["symbol"]),
               "params": os.path.basename(paths["params"])}
     if onnx and _onnx_available():
@@ -83,7 +84,8 @@ def export_network(net, meta, prefix, onnx=True):
         config["onnx"] = os.path.basename(paths["onnx"])
         written.append(paths["onnx"])
     elif onnx:
-        logger.warning("onnx is not installed: skipped %s (pip install onnx==1.14.1)", paths["onnx"])
+        logger.warning("onnx is not installed: skipped %s (pip install onnx==1.14.1)",
+                       paths["onnx"])
     write_json(paths["config"], config)
     written.insert(2, paths["config"])
     logger.info("exported %s", ", ".join(written))

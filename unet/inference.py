@@ -65,7 +65,7 @@ def boundaries(classes):
 
 
 def overlay_image(image, classes, color=OVERLAY_COLOR):
-    """``(H, W, 3)`` uint8: the ``(H, W, C)`` [0, 1] image with class boundaries drawn in ``color``."""
+    """``(H, W, 3)`` uint8: the ``(H, W, C)`` [0, 1] image, class boundaries drawn in ``color``."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
     out = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     out[boundaries(classes)] = color
@@ -99,7 +99,8 @@ class Segmenter:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
         self.net, self.meta = net, meta
         self.ctx = ctx if ctx is not None else mx.cpu()
-        self.batch_size, self.tta, self.threshold, self.overlap = batch_size, tta, threshold, overlap
+        self.batch_size, self.tta = batch_size, tta
+        self.threshold, self.overlap = threshold, overlap
         self.tile_size = int(meta["model"]["image_size"])
         self.num_classes = int(meta["model"]["num_classes"])
         data = meta["data"]

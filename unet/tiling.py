@@ -98,7 +98,8 @@ def _check_arguments(image, tile_size, batch_size, overlap):
         return tile_size // 4
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) \
             or not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap must be an integer in [0, tile_size={tile_size}), got {overlap!r}")
+        raise ValueError(f"overlap must be an integer in [0, tile_size={tile_size}), "
+                         f"got {overlap!r}")
     return int(overlap)
 
 
