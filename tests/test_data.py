@@ -1,5 +1,6 @@
 import hashlib
 import os
+import pickle
 
 import cv2
 import numpy as np
@@ -50,6 +51,9 @@ def test_list_split_pairs_by_stem_sorted(tmp_path):
     assert samples[1].image_path.endswith("b.tif") and samples[1].mask_path.endswith("b.png")
     os.remove(tmp_path / "train" / "mask" / "b.png")
     assert list_split(str(tmp_path), "train", require_masks=False)[1].mask_path is None
+    os.rename(tmp_path / "train" / "image", tmp_path / "train" / "images")
+    os.rename(tmp_path / "train" / "mask", tmp_path / "train" / "masks")
+    assert [s.name for s in list_split(str(tmp_path), "train", require_masks=False)] == ["a b", "b"]
 
 
 @pytest.mark.parametrize("case,words", [
@@ -186,6 +190,9 @@ def test_dataset_items_with_and_without_augmentation(tmp_path):
     assert set(np.unique(label)) <= {0.0, 1.0}
     with pytest.raises(IndexError):
         augmented[2]
+    # spawn-started workers (macOS, Windows) receive the dataset pickled
+    clone = pickle.loads(pickle.dumps(augmented))
+    assert all(np.array_equal(a, b) for a, b in zip(clone[1], augmented[1]))
 
 
 def digest(dataset, num_workers, epoch):

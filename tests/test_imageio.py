@@ -18,14 +18,19 @@ def gradient(dtype=np.uint8):
     return (np.arange(H * W).reshape(H, W) * top // (H * W - 1)).astype(dtype)
 
 
-def png_header_only(path, width, height):
-    """A PNG whose IHDR declares width x height, with a tiny (wrong) IDAT."""
+def raw_png(path, width, height, pixels, bit_depth=8, colour_type=0):
+    """Write a PNG by hand: ``pixels`` are the raw big-endian scanline bytes, no filters."""
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(pixels)) \
         + chunk(b"IEND", b"")
     path.write_bytes(data)
+
+
+def png_header_only(path, width, height):
+    """A PNG whose IHDR declares width x height, with a tiny (wrong) IDAT."""
+    raw_png(path, width, height, b"\0" * 16)
 
 
 @pytest.mark.parametrize("dtype,scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
@@ -158,3 +163,26 @@ def test_write_png_unwritable_folder(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="x.png: cannot write: Permission denied"):
         write_png(tmp_path / "x.png", gradient())
     assert not (tmp_path / "x.png").exists()
+
+
+def test_one_bit_and_16_bit_gray_alpha(tmp_path):
+    bits = np.zeros((H, W), bool)
+    bits[:, : W // 2] = True
+    Image.fromarray(bits).convert("1").save(tmp_path / "b.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "b.png")[:, :, 0], bits.astype(np.float32))
+    np.testing.assert_array_equal(read_mask(tmp_path / "b.png"), bits.astype(np.uint8))
+    gray_alpha = np.dstack([gradient(np.uint16), np.full((H, W), 65535, np.uint16)])
+    rows = np.concatenate([np.zeros((H, 1), ">u2").view(np.uint8)[:, :1],  # filter byte 0
+                           gray_alpha.astype(">u2").reshape(H, -1).view(np.uint8)], axis=1)
+    raw_png(tmp_path / "la16.png", W, H, rows.tobytes(), bit_depth=16, colour_type=4)
+    image = read_image(tmp_path / "la16.png")
+    assert image.shape == (H, W, 1)
+    np.testing.assert_allclose(image[:, :, 0], gradient(np.uint16) / 65535.0, atol=1e-6)
+    np.testing.assert_array_equal(read_mask(tmp_path / "la16.png"), gradient(np.uint16))
+
+
+def test_multi_page_tiff_refused(tmp_path):
+    pages = [Image.fromarray(gradient()), Image.fromarray(255 - gradient())]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match="stack.tif: holds 2 images"):
+        read_image(tmp_path / "stack.tif")

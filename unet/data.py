@@ -65,8 +65,18 @@ def _image_files(folder):
     return found
 
 
+def _folder(data_dir, split, kind):
+    """``data_dir/split/kind``, or ``.../kinds`` when only that plural folder exists."""
+    path = os.path.join(data_dir, split, kind)
+    plural = path + "s"
+    return plural if not os.path.isdir(path) and os.path.isdir(plural) else path
+
+
 def list_split(data_dir, split, require_masks=True):
     """The samples of ``data_dir/split``, sorted by name.
+
+    Images are the files with an image suffix (:data:`IMAGE_SUFFIXES`) in ``split/image``
+    (or ``split/images``), masks those in ``split/mask`` (or ``split/masks``), paired by stem.
 
     Parameters
     ----------
@@ -82,8 +92,8 @@ def list_split(data_dir, split, require_masks=True):
         Missing folder, no images, an image without a mask (when required), a mask without an
         image.
     """
-    image_dir = os.path.join(data_dir, split, "image")
-    mask_dir = os.path.join(data_dir, split, "mask")
+    image_dir = _folder(data_dir, split, "image")
+    mask_dir = _folder(data_dir, split, "mask")
     if not os.path.isdir(image_dir):
         raise InputError(f"{display_path(image_dir)}: folder not found (expected images in "
                          f"DATA/{split}/image/)")

@@ -77,8 +77,9 @@ def _open_lazy(name, data):
     return image
 
 
-def _is_16bit_colour(image):
-    return any(";16" in str(tile.args) for tile in image.tile) and image.mode not in _GRAY_MODES
+def _needs_cv2(image):
+    """PIL reduces 16-bit colour and 16-bit gray+alpha to 8 bits; cv2 keeps them."""
+    return any(";16" in str(tile.args) for tile in image.tile) and not image.mode.startswith("I")
 
 
 def _cv2_decode(name, data):
@@ -118,8 +119,8 @@ def _pil_decode(name, image, as_mask):
             array = np.asarray(image)
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise InputError(f"{name}: truncated or corrupt image: {err}") from None
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
+    if array.dtype == bool:  # 1-bit: 0/1 as a mask, black/white as an image
+        array = array.astype(np.uint8) * (1 if as_mask else 255)
     if array.ndim == 3 and array.shape[2] in (2, 4):
         array = array[:, :, : array.shape[2] - 1]  # drop alpha
     if array.ndim == 3 and array.shape[2] == 1:
@@ -133,14 +134,18 @@ def _decode(path, as_mask):
     image = _open_lazy(name, data)
     if image is None:
         return name, _cv2_decode(name, data)
-    if image.mode in _PIL_EXACT and not _is_16bit_colour(image):
+    if getattr(image, "n_frames", 1) > 1:
+        raise InputError(f"{name}: holds {image.n_frames} images (a stack or animation); save "
+                         "one image per file")
+    if image.mode in _PIL_EXACT and not _needs_cv2(image):
         try:
             return name, _pil_decode(name, image, as_mask)
         except InputError:
             if image.format != "TIFF":  # PIL lacks some TIFF codecs that cv2 has
                 raise
     array = _cv2_decode(name, data)
-    if image.mode in _GRAY_MODES and array.ndim == 3:
+    gray_png = any(str(tile.args).startswith("LA;") for tile in image.tile)  # PIL calls it RGBA
+    if (image.mode in _GRAY_MODES or gray_png) and array.ndim == 3:
         array = array[:, :, 0]
     return name, array
 
