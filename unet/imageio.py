@@ -9,7 +9,6 @@ The declared size is read from the header before any decoding (PIL opens lazily)
 claims 20000 x 20000 pixels is refused without allocating. Files are read as bytes and decoded from
 memory, which keeps paths with spaces or non-UTF-8 bytes working (``cv2.imread`` does not).
 """
-import io
 import logging
 import os
 import warnings
@@ -36,20 +35,21 @@ def display_path(path):
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _read_bytes(path):
+def _open_file(path):
+    """Open ``path`` for binary reading; InputError when missing, a folder, empty or unreadable."""
     name = display_path(path)
     if not os.path.exists(path):
         raise InputError(f"{name}: file not found")
     if os.path.isdir(path):
         raise InputError(f"{name}: is a directory, not an image file")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        handle = open(path, "rb")
     except OSError as err:
         raise InputError(f"{name}: cannot read: {err.strerror or err}") from None
-    if not data:
+    if os.fstat(handle.fileno()).st_size == 0:
+        handle.close()
         raise InputError(f"{name}: file is empty (0 bytes)")
-    return data
+    return handle
 
 
 def _check_size(name, height, width):
@@ -60,12 +60,12 @@ def _check_size(name, height, width):
                          f"{MAX_PIXELS} (MAX_PIXELS)")
 
 
-def _open_lazy(name, data):
-    """Open with PIL without decoding pixels; ``None`` when PIL does not know the format."""
+def _open_lazy(name, handle):
+    """Open with PIL, reading only the header; ``None`` when PIL does not know the format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(handle)
     except Image.DecompressionBombError:
         raise InputError(f"{name}: image too large: declared size over {MAX_PIXELS} "
                          "pixels (MAX_PIXELS)") from None
@@ -130,23 +130,24 @@ def _pil_decode(name, image, as_mask):
 
 def _decode(path, as_mask):
     name = display_path(path)
-    data = _read_bytes(path)
-    image = _open_lazy(name, data)
-    if image is None:
-        return name, _cv2_decode(name, data)
-    if getattr(image, "n_frames", 1) > 1:
-        raise InputError(f"{name}: holds {image.n_frames} images (a stack or animation); save "
-                         "one image per file")
-    if image.mode in _PIL_EXACT and not _needs_cv2(image):
-        try:
-            return name, _pil_decode(name, image, as_mask)
-        except InputError:
-            if image.format != "TIFF":  # PIL lacks some TIFF codecs that cv2 has
-                raise
-    array = _cv2_decode(name, data)
-    gray_png = any(str(tile.args).startswith("LA;") for tile in image.tile)  # PIL calls it RGBA
-    if (image.mode in _GRAY_MODES or gray_png) and array.ndim == 3:
-        array = array[:, :, 0]
+    with _open_file(path) as handle:
+        image = _open_lazy(name, handle)
+        if image is not None:
+            if getattr(image, "n_frames", 1) > 1:
+                raise InputError(f"{name}: holds {image.n_frames} images (a stack or "
+                                 "animation); save one image per file")
+            if image.mode in _PIL_EXACT and not _needs_cv2(image):
+                try:
+                    return name, _pil_decode(name, image, as_mask)
+                except InputError:
+                    if image.format != "TIFF":  # PIL lacks some TIFF codecs that cv2 has
+                        raise
+        handle.seek(0)
+        array = _cv2_decode(name, handle.read())
+    if image is not None:
+        gray_png = any(str(tile.args).startswith("LA;") for tile in image.tile)  # PIL: RGBA
+        if (image.mode in _GRAY_MODES or gray_png) and array.ndim == 3:
+            array = array[:, :, 0]
     return name, array
 
 
@@ -232,11 +233,12 @@ def image_size(path):
         As :func:`read_image`.
     """
     name = display_path(path)
-    data = _read_bytes(path)
-    image = _open_lazy(name, data)
-    if image is None:
-        array = _cv2_decode(name, data)
-        return int(array.shape[0]), int(array.shape[1])
+    with _open_file(path) as handle:
+        image = _open_lazy(name, handle)
+        if image is None:
+            handle.seek(0)
+            array = _cv2_decode(name, handle.read())
+            return int(array.shape[0]), int(array.shape[1])
     return int(image.height), int(image.width)
 
 
