@@ -1,0 +1,91 @@
+"""benchmarks/bench.py: JSON rows from fresh processes, subsets, the FLOP count, the table."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench.py"
+TINY = ["--base-channels", "4", "--depth", "2", "--repeat", "1", "--warmup", "0"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=300, cwd=str(ROOT))
+
+
+def test_json_rows_for_a_selected_subset():
+    done = run_script("--json", "--task", "infer", "train", "--size", "64", "--channels", "1",
+                      *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    assert [(r["task"], r["size"], r["channels"]) for r in rows] == [("infer", 64, 1),
+                                                                      ("train", 64, 1)]
+    for row in rows:
+        assert row["status"] == "ok"
+        assert row["ms_median"] > 0 and row["peak_rss_mb"] > 50   # the child's own, mxnet loaded
+        assert row["images_per_s"] > 0 and row["gflops_achieved"] > 0
+        assert row["variant"] == "fp32 layer"
+        assert row["machine"]["cores"] >= 1 and isinstance(row["machine"]["flags"], list)
+    assert rows[1]["gflop"] == pytest.approx(3 * rows[0]["gflop"], rel=1e-3)
+
+
+def test_table_has_machine_line_and_a_row():
+    done = run_script("--task", "infer", "--size", "32", "--channels", "3", "--norm", "batch",
+                      *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "cores" in lines[0]
+    assert any(line.startswith("| infer | 32") and "fp32 batch" in line for line in lines)
+
+
+def test_bad_arguments_exit_2():
+    assert run_script("--repeat", "0").returncode == 2
+    assert run_script("--task", "nope").returncode == 2
+    assert run_script("--env", "NOEQUALS").returncode == 2
+
+
+def test_conv_flops_of_the_default_model(bench):
+    from unet.config import ModelConfig
+    # 2*k*k*Cin*Cout*H*W summed over the default model's convolutions at 3x512x512.
+    assert bench.conv_gflop(ModelConfig(), 512, 512) == pytest.approx(544.387, abs=1e-3)
+    tiny = ModelConfig(in_channels=1, base_channels=4, depth=2, image_size=64)
+    assert bench.conv_gflop(tiny, 128, 128) == pytest.approx(4 * bench.conv_gflop(tiny, 64, 64))
+
+
+def test_row_selection_defaults(bench):
+    args = bench.build_parser().parse_args(["--task", "train", "tiled", "data"])
+    args.size_given = args.channels_given = False
+    args.size, args.channels = [256, 512], [1, 3]
+    keys = [(s["task"], s["size"], s["channels"]) for s in bench.row_specs(args)]
+    assert keys == [("train", 256, 1), ("train", 256, 3), ("train", 512, 1), ("train", 512, 3),
+                    ("tiled", 512, 1), ("data", 256, 1)]
+
+
+def test_missing_module_gives_a_not_available_row(bench, monkeypatch):
+    monkeypatch.setitem(bench.NEEDS, "data", "unet.no_such_module")
+    spec = dict(task="data", size=32, channels=1, batch=1, amp="fp32", norm="layer",
+                fast_norm=False, fuse=False, mirror=False, static=True, threads=0, env=[])
+    row = bench.child(spec)
+    assert row["status"].startswith("not available: unet.no_such_module")
+    assert "not available" in bench.format_table([row])
+
+
+def test_variant_environment(bench):
+    spec = dict(amp="bf16", norm="layer", fast_norm=True, fuse=True, mirror=True, static=False,
+                threads=2, env=["MALLOC_ARENA_MAX=2"])
+    env = bench.child_env(spec)
+    assert env["MXNET_BACKWARD_DO_MIRROR"] == "1" and env["OMP_NUM_THREADS"] == "2"
+    assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
+    assert bench.variant_name(spec) == "bf16 layer-fast fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
