@@ -21,7 +21,8 @@ def gradient(dtype=np.uint8):
 def raw_png(path, width, height, pixels, bit_depth=8, colour_type=0):
     """Write a PNG by hand: ``pixels`` are the raw big-endian scanline bytes, no filters."""
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(pixels)) \
         + chunk(b"IEND", b"")

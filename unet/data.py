@@ -1,4 +1,4 @@
-"""Datasets on disk: listing and checking the splits, normalization, the training Dataset and loader.
+"""Datasets on disk: checking the splits, normalization, the training Dataset and its loader.
 
 Layout: ``DATA/train/image/*`` with masks in ``DATA/train/mask/*`` paired by file stem (``a.tif``
 goes with ``a.png``), and the same under ``DATA/validate``. :func:`prepare_data` reads every pair
@@ -134,7 +134,7 @@ def shard(samples, rank, num_workers):
 
 
 def match_channels(image, channels, name="image"):
-    """``(H, W, channels)``: gray repeated to RGB, RGB to gray by luminance (0.299, 0.587, 0.114)."""
+    """``(H, W, channels)``: gray repeated to RGB, RGB to gray by luma (0.299, 0.587, 0.114)."""
     have = image.shape[2]
     if have == channels:
         return image
