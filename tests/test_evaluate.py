@@ -227,9 +227,6 @@ def test_a_pickle_checkpoint_is_never_unpickled(tmp_path, capsys, checkpoint):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="unet/checkpoint.load_parameters shows the first line of "
-                   "an MXNetError, 'Traceback (most recent call last):'; remove this mark once "
-                   "it shows the 'Check failed' line")
 def test_an_unloadable_checkpoint_gives_one_clean_line(tmp_path, capsys, checkpoint):
     path = pickle_checkpoint(tmp_path, checkpoint, tmp_path / "executed")
     image = write(tmp_path / "x.png", blobs(32, 32, 0)[0])

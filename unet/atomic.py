@@ -11,6 +11,12 @@ import os
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder):
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -37,6 +43,7 @@ def atomic_path(path):
     suffix = os.path.splitext(base)[1]
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual file mode
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

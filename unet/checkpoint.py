@@ -25,7 +25,7 @@ import time
 import mxnet as mx
 import numpy as np
 
-from . import __version__
+from . import __version__, faults
 from .atomic import atomic_path, write_json
 from .config import ModelConfig
 from .errors import InputError
@@ -85,7 +85,10 @@ def save_checkpoint(net, path, meta, trainer=None):
         net.save_parameters(tmp)
         meta["params_sha256"] = sha256_file(tmp)
         write_json(pending, meta)
+        faults.point("checkpoint.params_written")
+    faults.point("checkpoint.renamed")
     os.replace(pending, meta_path(path))
+    faults.point("checkpoint.committed")
     new_states = meta.get("optimizer_state", {}).get("file")
     if old_states and old_states != new_states:
         try:
@@ -168,8 +171,10 @@ def load_parameters(net, path, ctx):
     try:
         net.load_parameters(os.fspath(path), ctx=ctx)
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"checkpoint {path} does not fit the network: {first}") from None
+        # MXNet's own errors carry a C++ traceback; the last line is the one that says what.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise InputError(f"checkpoint {path} does not fit the network: {reason}") from None
 
 
 def load_for_inference(path, ctx=None):
@@ -183,15 +188,21 @@ def load_for_inference(path, ctx=None):
     return net, meta
 
 
-def load_training_state(net, trainer, path):
+def load_training_state(net, trainer, path, optimizer=None):
     """Load weights and optimizer state of a last checkpoint into ``net`` and ``trainer``.
 
     Returns the checkpoint's meta. The optimizer state is read with MXNet's array loader, after
-    its sha256 is checked against the JSON.
+    its sha256 is checked against the JSON. When ``optimizer`` (a name) differs from the one the
+    checkpoint was trained with, the optimizer state starts fresh.
     """
     meta = read_meta(path)
     load_parameters(net, path, trainer._contexts if trainer is not None else mx.cpu())
     state = meta.get("optimizer_state")
+    saved_optimizer = meta.get("training", {}).get("optimizer")
+    if state and optimizer is not None and saved_optimizer != optimizer:
+        log.warning("optimizer changed from %s to %s: its state starts fresh",
+                    saved_optimizer, optimizer)
+        state = None
     if trainer is not None and state:
         states_path = os.path.join(os.path.dirname(os.path.abspath(path)), state["file"])
         if not os.path.isfile(states_path) or sha256_file(states_path) != state.get("sha256"):

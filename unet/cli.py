@@ -13,7 +13,8 @@ log = logging.getLogger("unet")
 def setup_logging(verbose=False):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("PIL").setLevel(logging.WARNING)
+    for noisy in ("PIL", "mxboard", "mxboard.event_file_writer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def int_list(text):

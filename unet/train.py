@@ -18,8 +18,9 @@ from mxnet import autograd, gluon
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import faults
 from .data import SegmentationDataset, make_loader, prepare_data
-from .distributed import create_kvstore, shard_indices, trainer_kwargs
+from .distributed import create_kvstore, shard_indices, sync_initial_params, trainer_kwargs
 from .errors import InputError, TrainingDiverged
 from .lock import RunLock
 from .losses import SegmentationLoss
@@ -118,10 +119,16 @@ def _train_locked(cfg):
         amp.init_trainer(trainer)
     can_save_states = not kwargs.get("update_on_kvstore")
     if resume_meta is not None:
-        ckpt.load_training_state(net, trainer if can_save_states else None, last)
+        ckpt.load_training_state(net, trainer if can_save_states else None, last,
+                                   optimizer=cfg.optimizer)
         log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
                  state.epoch, state.global_step, state.best_score, state.best_epoch)
 
+    if is_dist:
+        # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all workers.
+        size = model_cfg.image_size
+        net(mx.nd.zeros((1, model_cfg.in_channels, size, size), ctx=ctx[0]))
+        sync_initial_params(trainer)
     train_samples = info.train
     if is_dist:
         train_samples = [info.train[i] for i in shard_indices(len(info.train), rank, num_workers)]
@@ -156,6 +163,7 @@ def _train_locked(cfg):
             state.epoch = epoch + 1
             if not is_chief:
                 continue
+            faults.point("train.validation")
             scores, panels = validate(net, info, model_cfg, ctx, cfg.batch_size, cfg.log_images)
             for name, value in scores.items():
                 tb.scalar(f"val/{name}", value, state.global_step)
@@ -210,6 +218,7 @@ def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_wo
                 f"training stopped, the last good checkpoint "
                 f"{ckpt.last_path(cfg.checkpoint_file)} is kept (try a lower --learning-rate)")
         state.global_step += 1
+        faults.point("train.step")
         total, count = total + value * n, count + n
         tb.scalar("train/loss", value, state.global_step)
         tb.scalar("lr", trainer.learning_rate, state.global_step)

@@ -1,4 +1,5 @@
 """Validation during training: whole validation images, predicted by overlap-tiling."""
+from .data import match_channels
 from .imageio import read_image, read_mask
 from .metrics import SegmentationMetric
 from .tiling import predict_probabilities
@@ -15,7 +16,7 @@ def validate(net, info, model_cfg, ctx, batch_size=4, num_panels=3):
     panels = []
     for sample in info.validate:
         raw = read_image(sample.image_path)
-        image = info.normalization.apply(_match_channels(raw, info.channels))   # (C, H, W)
+        image = info.normalization.apply(match_channels(raw, info.channels))   # (C, H, W)
         probs = predict_probabilities(net, image, model_cfg.image_size, ctx=ctx,
                                       batch_size=batch_size)
         pred = probs.argmax(axis=0)
@@ -25,11 +26,3 @@ def validate(net, info, model_cfg, ctx, batch_size=4, num_panels=3):
             panels.append((raw, target, pred, model_cfg.num_classes))
     return metric.get(), panels
 
-
-def _match_channels(image, channels):
-    """(H, W, C) -> (H, W, channels): gray repeated to 3, RGB averaged to 1."""
-    if image.shape[2] == channels:
-        return image
-    if channels == 3:
-        return image.repeat(3, axis=2)
-    return image.mean(axis=2, keepdims=True)

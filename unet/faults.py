@@ -1,0 +1,26 @@
+"""Fault injection for the reliability tests: die with SIGKILL at a named point.
+
+Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it passes ``POINT``.
+Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating),
+``checkpoint.params_written`` (weights in a temp file, nothing renamed), ``checkpoint.renamed``
+(weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
+Unset (the normal case), :func:`point` costs one dictionary lookup.
+"""
+import os
+import signal
+
+ENV = "UNET_KILL_AT"
+_hits = {}
+
+
+def point(name):
+    """Kill this process if ``UNET_KILL_AT`` names ``name`` and its count is reached."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
