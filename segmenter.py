@@ -72,6 +72,8 @@ def build_parser():
     t.add_argument("--amp", choices=AMP_MODES, default="fp32",
                    help="mixed precision: bf16 on CPUs with avx512_bf16, fp16 on GPUs "
                         "(default fp32)")
+    t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop before an epoch that would end after this many minutes (default: none)")
     t.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
     t.add_argument("--gpu-id", type=int_list, default=(),
                    help="comma list of GPUs, e.g. '0,1'; the CPU when absent")
@@ -124,7 +126,7 @@ def train_config(args):
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
         w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
         num_workers=args.num_workers, amp=args.amp, log_images=args.log_images,
-        histograms=not args.no_histograms)
+        histograms=not args.no_histograms, time_limit=args.time_limit)
 
 
 def main(argv=None):

@@ -37,7 +37,7 @@ def atomic_path(path):
     The caller writes the temporary file by any means (``cv2.imwrite``, ``net.save_parameters``).
     On an exception the temporary file is removed and ``path`` is left untouched.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)        # bytes paths too (non-UTF-8 names come as surrogates)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     suffix = os.path.splitext(base)[1]

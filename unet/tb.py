@@ -29,6 +29,8 @@ class TrainingLog:
             from mxboard import SummaryWriter
             os.makedirs(self.folder, exist_ok=True)
             self.writer = SummaryWriter(logdir=self.folder, flush_secs=10)
+            # mxboard forces its writer's logger to INFO ("wrote 1 event to disk" per flush).
+            logging.getLogger("mxboard.event_file_writer").setLevel(logging.WARNING)
 
     def scalar(self, tag, value, step):
         if self.writer is not None:

@@ -150,8 +150,15 @@ def _train_locked(cfg):
                  "training": _jsonable(dataclasses.asdict(cfg)),
                  "command": ckpt.command_line()}
     saver = _Saver(net, trainer if can_save_states else None, cfg, base_meta, state, is_chief)
+    started, epoch_seconds = time.time(), 0.0
     try:
         for epoch in range(state.epoch, cfg.num_epochs):
+            # Not under dist: workers must all run the same epochs, or the others would hang.
+            if cfg.time_limit and not is_dist \
+                    and time.time() - started + epoch_seconds > 60 * cfg.time_limit:
+                log.info("time limit of %g min reached after %d epochs", cfg.time_limit, epoch)
+                break
+            epoch_start = time.time()
             lr = cfg.learning_rate_at(epoch)
             trainer.set_learning_rate(lr)
             dataset.set_epoch(epoch)
@@ -176,6 +183,7 @@ def _train_locked(cfg):
             if improved:
                 state.best_score, state.best_epoch = scores["dice"], epoch + 1
             saver.save(lr, scores, best=improved)
+            epoch_seconds = time.time() - epoch_start
             log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f  "
                      "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
                      scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,

@@ -16,7 +16,8 @@ class TrainConfig:
 
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
     Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on, 2 loader
-    workers, fp32, the CPU.
+    workers, fp32, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that
+    would be expected to end past it).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -48,6 +49,7 @@ class TrainConfig:
     amp: str = "fp32"
     log_images: int = 3
     histograms: bool = True
+    time_limit: Optional[float] = None
 
     def __post_init__(self):
         self.validate()
@@ -80,6 +82,8 @@ class TrainConfig:
             (self.channels is None or self.channels in (1, 3), "channels must be 1 or 3",
              self.channels),
             (self.log_images >= 0, "log-images must be >= 0", self.log_images),
+            (self.time_limit is None or self.time_limit > 0, "time-limit must be positive minutes",
+             self.time_limit),
         ]
         for ok, message, value in checks:
             if not ok:
