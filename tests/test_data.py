@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet.data import (DataInfo, Normalization, Sample, SegmentationDataset,
+from unet.data import (DataInfo, Normalization, SegmentationDataset,
                        compute_normalization, list_split, make_loader, match_channels,
-                       prepare_data, sample_seed, shard)
+                       prepare_data, sample_seed)
 from unet.errors import InputError
 from unet.masks import MaskEncoding
 
@@ -238,23 +238,6 @@ def test_make_loader_order_and_small_dataset():
     assert order(10, 4, 0) != order(10, 4, 1)
     assert order(6, 3, 0, shuffle=False) == list(range(6))
     assert sample_seed(0, 1, 2) != sample_seed(0, 2, 1)
-
-
-@pytest.mark.parametrize("count,workers", [(7, 3), (6, 2), (5, 5), (4, 1)])
-def test_shard_covers_without_overlap(count, workers):
-    samples = [Sample(str(i), f"{i}.png", f"{i}.png") for i in range(count)]
-    shards = [shard(samples, rank, workers) for rank in range(workers)]
-    names = [s.name for part in shards for s in part]
-    assert sorted(names) == sorted(s.name for s in samples) and len(names) == count
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-
-
-def test_shard_errors():
-    samples = [Sample("a", "a.png", "a.png")]
-    with pytest.raises(ValueError):
-        shard(samples, 2, 2)
-    with pytest.raises(InputError, match="2 workers"):
-        shard(samples, 0, 2)
 
 
 def test_isbi_prepare_data():

@@ -119,20 +119,6 @@ def list_split(data_dir, split, require_masks=True):
     return samples
 
 
-def shard(samples, rank, num_workers):
-    """Worker ``rank``'s share: every ``num_workers``-th sample from ``rank``.
-
-    The shards do not overlap and together cover ``samples``; their sizes differ by at most one.
-    """
-    if not isinstance(num_workers, int) or num_workers < 1 or not 0 <= rank < num_workers:
-        raise ValueError(f"need 0 <= rank < num_workers, got rank={rank!r}, "
-                         f"num_workers={num_workers!r}")
-    if len(samples) < num_workers:
-        raise InputError(f"{len(samples)} sample(s) cannot feed {num_workers} workers: every "
-                         "worker needs at least one")
-    return list(samples[rank::num_workers])
-
-
 def match_channels(image, channels, name="image"):
     """``(H, W, channels)``: gray repeated to RGB, RGB to gray by luma (0.299, 0.587, 0.114)."""
     have = image.shape[2]

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .atomic import atomic_path
 from .errors import InputError
+from .imageio import write_png
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,6 @@ def render_sample(rng, size):
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     mask = np.where(membrane, 0, 255).astype(np.uint8)
     return image, mask
-
-
-def write_png(path, array):
-    """Atomically write a uint8 ``(H, W)`` array as an 8-bit PNG; InputError if it cannot be written."""
-    try:
-        with atomic_path(path) as tmp:
-            if not cv2.imwrite(tmp, array):
-                raise InputError(f"{path}: cannot write PNG")
-    except OSError as err:
-        raise InputError(f"{path}: cannot write ({err.strerror or err})") from err
 
 
 def _visible_files(folder):

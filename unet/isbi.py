@@ -21,8 +21,9 @@ import sys
 import numpy as np
 import tifffile
 
-from .demo_data import prepare_split, write_png
+from .demo_data import prepare_split
 from .errors import InputError
+from .imageio import write_png
 
 log = logging.getLogger(__name__)
 
