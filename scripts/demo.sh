@@ -10,4 +10,4 @@ bash scripts/setup-env.sh requirements.txt
     --batch-size 4 --epoch-size 48 --num-epochs 8 --learning-rate 0.003 "$@"
 .venv/bin/python evaluate.py --image ./dataset/test/image/0.png \
     --network-param ./demo/unet_demo.params --output ./demo/0_mask.png --overlay
-echo "mask written to ./demo/0_mask.png (overlay: ./demo/0_mask_overlay.png)"
+echo "segmented dataset/test/image/0.png: mask ./demo/0_mask.png, overlay ./demo/0_overlay.png"
