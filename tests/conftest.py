@@ -17,7 +17,7 @@ TINY = dict(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=3
 
 
 def randomize_parameters(net, seed=0):
-    """Random biases, gamma/beta and running stats (running_var kept positive); weights untouched."""
+    """Random biases, gamma/beta and running stats (running_var > 0); weights keep their init."""
     rng = np.random.RandomState(seed)
     for name, param in sorted(net.collect_params().items()):
         shape = param.shape
@@ -34,13 +34,13 @@ def randomize_parameters(net, seed=0):
 
 @pytest.fixture
 def make_net():
-    """Factory ``make_net(seed=0, randomize=True, **config_overrides) -> UNet``."""
+    """Factory ``make_net(seed=0, randomize=True, ctx=None, **config_overrides) -> UNet``."""
 
-    def make(seed=0, randomize=True, **overrides):
+    def make(seed=0, randomize=True, ctx=None, **overrides):
         config = ModelConfig(**dict(TINY, **overrides))
         mx.random.seed(seed)
         net = build_unet(config)
-        net.initialize(initializer())
+        net.initialize(initializer(), ctx=ctx)
         size = config.image_size
         net(mx.nd.zeros((1, config.in_channels, size, size)))
         if randomize:

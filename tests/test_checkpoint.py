@@ -143,6 +143,37 @@ def test_checkpoint_of_another_architecture(make_net, make_meta, tmp_path):
     one_line_error(lambda: ckpt.load_for_inference(path), path, "does not fit")
 
 
+# ---- training helpers --------------------------------------------------------------------------
+
+OPTIMIZER_PARAMS = {"sgd": {"momentum": 0.9, "wd": 1e-4}, "nag": {"momentum": 0.9},
+                    "rmsprop": {}, "adagrad": {}, "adadelta": {}, "adam": {}}
+
+
+def trainer_for(net, optimizer):
+    params = dict(OPTIMIZER_PARAMS[optimizer], learning_rate=0.01)
+    return gluon.Trainer(net.collect_params(), optimizer, params, update_on_kvstore=False)
+
+
+def train_steps(net, trainer, steps, start, ctx=(mx.cpu(),)):
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(axis=1)
+    for step in range(start, start + steps):
+        rng = np.random.RandomState(step)
+        xs = gluon.utils.split_and_load(mx.nd.array(rng.rand(2, 1, 32, 32)), ctx)
+        ys = gluon.utils.split_and_load(mx.nd.array(rng.randint(0, 2, (2, 32, 32))), ctx)
+        with autograd.record():
+            losses = [loss_fn(net(x), y) for x, y in zip(xs, ys)]
+        autograd.backward(losses)
+        trainer.step(2)
+
+
+def weights(net):
+    """Trainable arrays on every device (BatchNorm running stats are saved as the mean over
+    devices, so they are not compared)."""
+    return {f"{name[len(net.prefix):]}@{ctx}": p.data(ctx).asnumpy()
+            for name, p in net.collect_params().items() if p.grad_req != "null"
+            for ctx in p.list_ctx()}
+
+
 # ---- the commit protocol under failure ---------------------------------------------------------
 
 def fail_replace_onto(monkeypatch, target):
@@ -156,18 +187,31 @@ def fail_replace_onto(monkeypatch, target):
     monkeypatch.setattr(os, "replace", replace)
 
 
+def trained(make_net, steps, seed=0):
+    net = make_net(seed=seed, norm="batch")
+    trainer = trainer_for(net, "adam")
+    train_steps(net, trainer, steps, start=0)
+    return net, trainer
+
+
 def test_crash_between_the_two_renames_is_accepted(make_net, make_meta, tmp_path, monkeypatch):
-    _, path = saved(make_net, make_meta, tmp_path)
-    new = make_net(seed=1, norm="batch")
+    net, trainer = trained(make_net, 1)
+    path = str(tmp_path / "unet-last.params")
+    ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
+    train_steps(net, trainer, 1, start=1)
     fail_replace_onto(monkeypatch, ckpt.meta_path(path))
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(new, path, make_meta(new.config, epoch=2, global_step=20))
+        ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
     monkeypatch.undo()
     assert os.path.isfile(ckpt.meta_path(path) + ".pending")
     meta = ckpt.read_meta(path)
-    assert (meta["epoch"], meta["global_step"]) == (2, 20)
+    assert (meta["epoch"], meta["global_step"]) == (2, 2)
     loaded, _ = ckpt.load_for_inference(path)
-    np.testing.assert_array_equal(output(loaded), output(new))
+    np.testing.assert_array_equal(output(loaded), output(net))
+    resumed = make_net(seed=3, norm="batch")
+    resumed_trainer = trainer_for(resumed, "adam")
+    ckpt.load_training_state(resumed, resumed_trainer, path)
+    assert resumed_trainer._optimizer.num_update == 2
     assert leftovers(tmp_path) == []
 
 
@@ -175,24 +219,30 @@ def snapshot(folder):
     return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
 
 
-@pytest.mark.parametrize("failure", ["save_parameters", "params_rename", "pending_json"])
+@pytest.mark.parametrize("failure", ["states", "save_parameters", "params_rename",
+                                     "pending_json"])
 def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, monkeypatch,
                                                  failure):
-    old, path = saved(make_net, make_meta, tmp_path)
+    net, trainer = trained(make_net, 1)
+    path = str(tmp_path / "unet-last.params")
+    ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
+    expected = output(net)
     before = snapshot(tmp_path)
-    new = make_net(seed=1, norm="batch")
-    if failure == "save_parameters":
+    train_steps(net, trainer, 1, start=1)
+    if failure == "states":
+        fail_replace_onto(monkeypatch, str(tmp_path / "unet-last-step2.states"))
+    elif failure == "save_parameters":
         def broken(filename, *args, **kwargs):
             with open(filename, "wb") as handle:
                 handle.write(b"\x12\x01partial")
             raise OSError(28, "No space left on device (simulated)")
-        monkeypatch.setattr(new, "save_parameters", broken)
+        monkeypatch.setattr(net, "save_parameters", broken)
     elif failure == "params_rename":
         fail_replace_onto(monkeypatch, path)
     else:
         fail_replace_onto(monkeypatch, ckpt.meta_path(path) + ".pending")
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(new, path, make_meta(new.config, epoch=2, global_step=20))
+        ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
     monkeypatch.undo()
     after = snapshot(tmp_path)
     for name, data in before.items():
@@ -200,47 +250,31 @@ def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, 
     assert leftovers(tmp_path) == []
     assert ckpt.read_meta(path)["epoch"] == 1
     loaded, _ = ckpt.load_for_inference(path)
-    np.testing.assert_array_equal(output(loaded), output(old))
+    np.testing.assert_array_equal(output(loaded), expected)
+    resumed = make_net(seed=3, norm="batch")
+    resumed_trainer = trainer_for(resumed, "adam")
+    ckpt.load_training_state(resumed, resumed_trainer, path)
+    assert resumed_trainer._optimizer.num_update == 1
 
 
 # ---- optimizer state ---------------------------------------------------------------------------
 
-def trainer_for(net, optimizer):
-    params = {"sgd": {"learning_rate": 0.05, "momentum": 0.9, "wd": 1e-4},
-              "adam": {"learning_rate": 0.01}}[optimizer]
-    return gluon.Trainer(net.collect_params(), optimizer, params, update_on_kvstore=False)
-
-
-def train_steps(net, trainer, steps, start):
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(axis=1)
-    for step in range(start, start + steps):
-        rng = np.random.RandomState(step)
-        x = mx.nd.array(rng.rand(2, 1, 32, 32))
-        y = mx.nd.array(rng.randint(0, 2, (2, 32, 32)))
-        with autograd.record():
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        trainer.step(2)
-
-
-def weights(net):
-    return {name[len(net.prefix):]: p.data().asnumpy() for name, p in net.collect_params().items()}
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_resumed_training_equals_uninterrupted(make_net, make_meta, tmp_path, optimizer):
-    net = make_net(norm="batch")
+@pytest.mark.parametrize("optimizer,devices", [(name, 1) for name in OPTIMIZER_PARAMS]
+                         + [("sgd", 2), ("adam", 2)])
+def test_resumed_training_equals_uninterrupted(make_net, make_meta, tmp_path, optimizer, devices):
+    ctx = [mx.cpu(i) for i in range(devices)]
+    net = make_net(norm="batch", ctx=ctx)
     trainer = trainer_for(net, optimizer)
-    train_steps(net, trainer, 3, start=0)
+    train_steps(net, trainer, 2, start=0, ctx=ctx)
     path = str(tmp_path / "unet-last.params")
-    meta = ckpt.save_checkpoint(net, path, make_meta(net.config, global_step=3), trainer=trainer)
-    assert meta["optimizer_state"]["num_update"] == 3
-    train_steps(net, trainer, 3, start=3)
+    meta = ckpt.save_checkpoint(net, path, make_meta(net.config, global_step=2), trainer=trainer)
+    assert meta["optimizer_state"]["num_update"] == 2
+    train_steps(net, trainer, 2, start=2, ctx=ctx)
 
-    resumed = make_net(seed=7, norm="batch")
+    resumed = make_net(seed=7, norm="batch", ctx=ctx)
     resumed_trainer = trainer_for(resumed, optimizer)
     ckpt.load_training_state(resumed, resumed_trainer, path)
-    train_steps(resumed, resumed_trainer, 3, start=3)
+    train_steps(resumed, resumed_trainer, 2, start=2, ctx=ctx)
     expected, got = weights(net), weights(resumed)
     assert sorted(got) == sorted(expected)
     for name in expected:
