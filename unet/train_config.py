@@ -79,6 +79,8 @@ class TrainConfig:
              (self.w0, self.sigma)),
             (self.num_workers >= 0, "num-workers must be >= 0", self.num_workers),
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}", self.amp),
+            (self.amp != "fp16" or self.gpu_ids, "amp fp16 needs a GPU (--gpu-id); use bf16 on "
+             "a CPU", self.amp),
             (self.channels is None or self.channels in (1, 3), "channels must be 1 or 3",
              self.channels),
             (self.log_images >= 0, "log-images must be >= 0", self.log_images),
