@@ -204,7 +204,7 @@ def digest(dataset, num_workers, epoch):
     for image, label, weight in loader:
         sizes.append(image.shape[0])
         for array in (image, label, weight):
-            sha.update(array.asnumpy().tobytes())
+            sha.update(np.ascontiguousarray(array).tobytes())
     return sha.hexdigest(), sizes
 
 
@@ -227,11 +227,11 @@ def test_make_loader_order_and_small_dataset():
             return self.n
 
         def __getitem__(self, i):
-            return np.array([i], np.float32)
+            return (np.array([i], np.float32),)
 
     def order(n, batch, epoch, shuffle=True):
         loader = make_loader(Numbers(n), batch, shuffle=shuffle, num_workers=0, epoch=epoch)
-        return [int(x) for batch in loader for x in batch.asnumpy().ravel()]
+        return [int(x) for (batch,) in loader for x in batch.ravel()]
 
     assert order(3, 4, 0) and sorted(order(3, 4, 0)) == [0, 1, 2]  # kept: smaller than a batch
     assert order(10, 4, 0) == order(10, 4, 0) and len(order(10, 4, 0)) == 8

@@ -73,22 +73,34 @@ def save_checkpoint(net, path, meta, trainer=None):
     meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION,
                 versions=library_versions(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     old_states = _states_file(path)
-    if trainer is not None:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
-        states_path = os.path.join(folder, states_name)
-        counters = save_optimizer_state(trainer, states_path)
-        meta["optimizer_state"] = dict(counters, file=states_name,
-                                       sha256=sha256_file(states_path))
-    pending = meta_path(path) + ".pending"
-    with atomic_path(path) as tmp:
-        net.save_parameters(tmp)
-        meta["params_sha256"] = sha256_file(tmp)
-        write_json(pending, meta)
-        faults.point("checkpoint.params_written")
-    faults.point("checkpoint.renamed")
-    os.replace(pending, meta_path(path))
-    faults.point("checkpoint.committed")
+    states_path, params_renamed = None, False
+    try:
+        if trainer is not None:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
+            states_path = os.path.join(folder, states_name)
+            counters = save_optimizer_state(trainer, states_path)
+            meta["optimizer_state"] = dict(counters, file=states_name,
+                                           sha256=sha256_file(states_path))
+        pending = meta_path(path) + ".pending"
+        with atomic_path(path) as tmp:
+            net.save_parameters(tmp)
+            meta["params_sha256"] = sha256_file(tmp)
+            write_json(pending, meta)
+            faults.point("checkpoint.params_written")
+        params_renamed = True
+        faults.point("checkpoint.renamed")
+        os.replace(pending, meta_path(path))
+        faults.point("checkpoint.committed")
+    except BaseException:
+        # Until the weights are renamed, a new states file is an orphan of this failed save;
+        # after that the pending JSON names it and readers accept that JSON.
+        if states_path and not params_renamed and os.path.basename(states_path) != old_states:
+            try:
+                os.remove(states_path)
+            except OSError:
+                pass
+        raise
     new_states = meta.get("optimizer_state", {}).get("file")
     if old_states and old_states != new_states:
         try:
@@ -161,7 +173,8 @@ def _validate_meta(meta, name):
         raise InputError(f"{name}: missing or incomplete 'data' section "
                          f"(channels, normalization, encoding)")
     for key in ("epoch", "global_step"):
-        if not isinstance(meta.get(key), int) or meta[key] < 0:
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InputError(f"{name}: '{key}' must be a non-negative integer, "
                              f"got {meta.get(key)!r}")
 

@@ -448,8 +448,8 @@ def make_loader(dataset, batch_size, shuffle, num_workers, epoch=0, seed=0):
     gluon.data.DataLoader
         Batches of ``len(dataset) // batch_size`` full batches; the incomplete last batch is
         discarded ('discard'), except that a dataset smaller than one batch gives one smaller
-        batch ('keep'). With workers, batches live on ``cpu_shared(0)``: the caller must
-        ``as_in_context(ctx)`` them before a hybridized network sees them.
+        batch ('keep'). Batches are tuples of numpy arrays; the caller copies them to its
+        devices.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
@@ -460,4 +460,16 @@ def make_loader(dataset, batch_size, shuffle, num_workers, epoch=0, seed=0):
         order = rng.permutation(len(dataset))
     last_batch = "keep" if len(dataset) < batch_size else "discard"
     sampler = gluon.data.BatchSampler(_FixedOrder(order), batch_size, last_batch)
-    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                 batchify_fn=stack_numpy)
+
+
+def stack_numpy(samples):
+    """Batch a list of ``(image, label, weight)`` numpy tuples into numpy arrays.
+
+    MXNet's default batchify hands NDArrays from the workers over as shared-memory file
+    descriptors, and 1.9.1 can close such a descriptor twice: the second close then hits
+    whatever file reused the number (seen as ``EBADF`` while a checkpoint was being written).
+    Plain numpy arrays travel pickled through the pool's pipe instead.
+    """
+    return tuple(np.stack(field) for field in zip(*samples))

@@ -14,6 +14,10 @@ def confusion_matrix(pred, target, num_classes):
     target = np.asarray(target, dtype=np.int64).ravel()
     if pred.shape != target.shape:
         raise ValueError(f"prediction has {pred.size} pixels, target {target.size}")
+    for name, values in (("prediction", pred), ("target", target)):
+        outside = values[(values < 0) | (values >= num_classes)]
+        if outside.size:
+            raise ValueError(f"{name} has class {outside[0]}, outside 0..{num_classes - 1}")
     index = target * num_classes + pred
     return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 

@@ -25,6 +25,7 @@ from .errors import InputError, TrainingDiverged
 from .lock import RunLock
 from .losses import SegmentationLoss
 from .model import build_unet, initializer
+from .precision import init_amp
 from .tb import TrainingLog, new_run_name
 from .validation import validate
 
@@ -89,8 +90,7 @@ def train(cfg):
 def _train_locked(cfg):
     seed_everything(cfg.seed)
     if cfg.amp != "fp32":
-        from mxnet.contrib import amp
-        amp.init(target_dtype="bfloat16" if cfg.amp == "bf16" else "float16")
+        init_amp(cfg.amp)
     resume_meta = None
     if cfg.checkpoint == "load":
         last, resume_meta = _resume_meta(cfg)
@@ -209,15 +209,16 @@ def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_wo
     for image, label, weight in bar:
         n = image.shape[0]
         parts = [split_batch(a, ctx) for a in (image, label, weight)] if len(ctx) > 1 else \
-            [[a.as_in_context(ctx[0])] for a in (image, label, weight)]
+            [[mx.nd.array(a, ctx=ctx[0])] for a in (image, label, weight)]
         with autograd.record():
             losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
-        if cfg.amp != "fp32":
-            from mxnet.contrib import amp
-            with amp.scale_loss(losses, trainer) as scaled:
-                autograd.backward(scaled)
-        else:
-            autograd.backward(losses)
+            if cfg.amp != "fp32":
+                from mxnet.contrib import amp
+                # The loss scaling is a recorded multiplication: it must happen in record().
+                with amp.scale_loss(losses, trainer) as scaled:
+                    autograd.backward(scaled)
+            else:
+                autograd.backward(losses)
         trainer.step(n * num_workers)
         value = sum(float(l.sum().asscalar()) for l in losses) / n
         if not math.isfinite(value):

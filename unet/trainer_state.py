@@ -29,6 +29,14 @@ def _unflatten(layout, prefix, arrays):
     return tuple(_unflatten(item, f"{prefix}/{i}", arrays) for i, item in enumerate(layout))
 
 
+def _copy(state):
+    if state is None:
+        return None
+    if isinstance(state, mx.nd.NDArray):
+        return state.copy()
+    return tuple(_copy(item) for item in state)
+
+
 def save_optimizer_state(trainer, path):
     """Write the first updater's state to ``path`` atomically; return the JSON-able counters.
 
@@ -68,7 +76,8 @@ def load_optimizer_state(trainer, path, counters):
         states[index] = state
     for updater in trainer._updaters:
         # states_synced False makes the updater copy each state to its weight's device.
-        updater.states = dict(states)
+        # Each updater needs arrays of its own: they are updated in place, once per device.
+        updater.states = {index: _copy(state) for index, state in states.items()}
         updater.states_synced = {index: False for index in states}
     optimizer = trainer._optimizer
     optimizer.num_update = counters["num_update"]
