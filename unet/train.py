@@ -91,113 +91,146 @@ def _train_locked(cfg):
     seed_everything(cfg.seed)
     if cfg.amp != "fp32":
         init_amp(cfg.amp)
-    resume_meta = None
-    if cfg.checkpoint == "load":
-        last, resume_meta = _resume_meta(cfg)
-    info = prepare_data(cfg.data_dir, cfg.model.num_classes, channels=cfg.channels)
-    model_cfg = dataclasses.replace(cfg.model, in_channels=info.channels)
-    state = RunState(run_name=new_run_name())
-    if resume_meta is not None:
-        _check_same_model(resume_meta["model_config"], model_cfg, last)
-        state = RunState(epoch=resume_meta["epoch"], global_step=resume_meta["global_step"],
-                         best_score=resume_meta["best_score"], best_epoch=resume_meta["best_epoch"],
-                         run_name=resume_meta.get("run_name") or state.run_name)
-        info = dataclasses.replace(
-            info, normalization=type(info.normalization).from_dict(
-                resume_meta["data"]["normalization"]))
-
-    ctx = contexts(cfg)
-    kvstore, rank, num_workers, is_dist = create_kvstore(cfg.kvstore, len(ctx))
-    net = build_unet(model_cfg)
-    net.initialize(initializer(), ctx=ctx)
-    net.hybridize(static_alloc=True, static_shape=True)
-    kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
-    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, cfg.optimizer_params(),
-                            kvstore=kvstore, **kwargs)
-    if cfg.amp != "fp32":
-        from mxnet.contrib import amp
-        amp.init_trainer(trainer)
-    can_save_states = not kwargs.get("update_on_kvstore")
-    if resume_meta is not None:
-        ckpt.load_training_state(net, trainer if can_save_states else None, last,
-                                   optimizer=cfg.optimizer)
-        log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
-                 state.epoch, state.global_step, state.best_score, state.best_epoch)
-
-    if is_dist:
-        # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all workers.
-        size = model_cfg.image_size
-        net(mx.nd.zeros((1, model_cfg.in_channels, size, size), ctx=ctx[0]))
-        sync_initial_params(trainer)
-    train_samples = info.train
-    if is_dist:
-        train_samples = [info.train[i] for i in shard_indices(len(info.train), rank, num_workers)]
-    epoch_size = cfg.epoch_size or len(train_samples)
-    repeated = [train_samples[i % len(train_samples)] for i in range(epoch_size)]
-    dataset = SegmentationDataset(repeated, info, model_cfg.image_size, augment=cfg.augment,
-                                  seed=cfg.seed + 1000 * rank, weight_map=cfg.weight_map,
-                                  w0=cfg.w0, sigma=cfg.sigma)
-    loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
-    loss_fn.hybridize()
-    is_chief = rank == 0
-    tb = TrainingLog(cfg.log_dir, state.run_name, enabled=is_chief)
-    if is_chief:
-        log.info("TensorBoard run folder: %s", tb.folder)
-    base_meta = {"model": model_cfg.to_dict(), "run_name": state.run_name, "seed": cfg.seed,
-                 "data": {"channels": info.channels,
-                          "normalization": info.normalization.to_dict(),
-                          "encoding": info.encoding.to_dict(), "data_dir": cfg.data_dir},
-                 "training": _jsonable(dataclasses.asdict(cfg)),
-                 "command": ckpt.command_line()}
-    saver = _Saver(net, trainer if can_save_states else None, cfg, base_meta, state, is_chief)
-    started, epoch_seconds = time.time(), 0.0
+    run = _Run(cfg)
     try:
+        run.loop()
+    except KeyboardInterrupt:
+        run.save_interrupted()
+        raise
+    finally:
+        run.tb.close()
+    return run.saver.last_meta
+
+
+class _Run:
+    """Everything one training run holds: data, network, trainer, logs and where it stands."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        resume_meta, last = None, None
+        if cfg.checkpoint == "load":
+            last, resume_meta = _resume_meta(cfg)
+        info = prepare_data(cfg.data_dir, cfg.model.num_classes, channels=cfg.channels)
+        self.model_cfg = model_cfg = dataclasses.replace(cfg.model, in_channels=info.channels)
+        self.state = RunState(run_name=new_run_name())
+        if resume_meta is not None:
+            _check_same_model(resume_meta["model_config"], model_cfg, last)
+            self.state = RunState(
+                epoch=resume_meta["epoch"], global_step=resume_meta["global_step"],
+                best_score=resume_meta["best_score"], best_epoch=resume_meta["best_epoch"],
+                run_name=resume_meta.get("run_name") or self.state.run_name)
+            info = dataclasses.replace(info, normalization=type(info.normalization).from_dict(
+                resume_meta["data"]["normalization"]))
+        self.info = info
+        self.ctx = contexts(cfg)
+        kvstore, self.rank, self.num_workers, self.is_dist = create_kvstore(cfg.kvstore,
+                                                                            len(self.ctx))
+        self.is_chief = self.rank == 0
+        self._build_network(kvstore)
+        if resume_meta is not None:
+            ckpt.load_training_state(self.net, self.trainer if self.can_save_states else None,
+                                     last, optimizer=cfg.optimizer)
+            log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
+                     self.state.epoch, self.state.global_step, self.state.best_score,
+                     self.state.best_epoch)
+        if self.is_dist:
+            # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all.
+            size = model_cfg.image_size
+            self.net(mx.nd.zeros((1, model_cfg.in_channels, size, size), ctx=self.ctx[0]))
+            sync_initial_params(self.trainer)
+        self.dataset = self._training_set()
+        self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
+        self.loss_fn.hybridize()
+        self.tb = TrainingLog(cfg.log_dir, self.state.run_name, enabled=self.is_chief)
+        if self.is_chief:
+            log.info("TensorBoard run folder: %s", self.tb.folder)
+        self.saver = _Saver(self.net, self.trainer if self.can_save_states else None, cfg,
+                            self._base_meta(), self.state, self.is_chief)
+
+    def _build_network(self, kvstore):
+        cfg = self.cfg
+        self.net = build_unet(self.model_cfg)
+        self.net.initialize(initializer(), ctx=self.ctx)
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
+        self.trainer = gluon.Trainer(self.net.collect_params(), cfg.optimizer,
+                                     cfg.optimizer_params(), kvstore=kvstore, **kwargs)
+        if cfg.amp != "fp32":
+            from mxnet.contrib import amp
+            amp.init_trainer(self.trainer)
+        # dist_async updates on the servers: no optimizer state here to save.
+        self.can_save_states = not kwargs.get("update_on_kvstore")
+
+    def _training_set(self):
+        cfg, samples = self.cfg, self.info.train
+        if self.is_dist:
+            samples = [samples[i] for i in shard_indices(len(samples), self.rank,
+                                                         self.num_workers)]
+        epoch_size = cfg.epoch_size or len(samples)
+        repeated = [samples[i % len(samples)] for i in range(epoch_size)]
+        return SegmentationDataset(repeated, self.info, self.model_cfg.image_size,
+                                   augment=cfg.augment, seed=cfg.seed + 1000 * self.rank,
+                                   weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma)
+
+    def _base_meta(self):
+        cfg, info = self.cfg, self.info
+        return {"model": self.model_cfg.to_dict(), "run_name": self.state.run_name,
+                "seed": cfg.seed, "command": ckpt.command_line(),
+                "data": {"channels": info.channels,
+                         "normalization": info.normalization.to_dict(),
+                         "encoding": info.encoding.to_dict(), "data_dir": cfg.data_dir},
+                "training": _jsonable(dataclasses.asdict(cfg))}
+
+    def loop(self):
+        cfg, state = self.cfg, self.state
+        started, epoch_seconds = time.time(), 0.0
         for epoch in range(state.epoch, cfg.num_epochs):
             # Not under dist: workers must all run the same epochs, or the others would hang.
-            if cfg.time_limit and not is_dist \
+            if cfg.time_limit and not self.is_dist \
                     and time.time() - started + epoch_seconds > 60 * cfg.time_limit:
                 log.info("time limit of %g min reached after %d epochs", cfg.time_limit, epoch)
                 break
             epoch_start = time.time()
             lr = cfg.learning_rate_at(epoch)
-            trainer.set_learning_rate(lr)
-            dataset.set_epoch(epoch)
-            loader = make_loader(dataset, cfg.batch_size, shuffle=True,
+            self.trainer.set_learning_rate(lr)
+            self.dataset.set_epoch(epoch)
+            loader = make_loader(self.dataset, cfg.batch_size, shuffle=True,
                                  num_workers=cfg.num_workers, epoch=epoch, seed=cfg.seed)
-            loss, seconds = _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb,
-                                       epoch, num_workers)
-            images_per_sec = len(dataset) / max(seconds, 1e-9)
+            loss, seconds = _run_epoch(self.net, self.trainer, self.loss_fn, loader, self.ctx,
+                                       cfg, state, self.tb, epoch, self.num_workers)
             state.epoch = epoch + 1
-            if not is_chief:
-                continue
-            faults.point("train.validation")
-            scores, panels = validate(net, info, model_cfg, ctx, cfg.batch_size, cfg.log_images)
-            for name, value in scores.items():
-                tb.scalar(f"val/{name}", value, state.global_step)
-            tb.scalar("train/images_per_sec", images_per_sec, state.global_step)
-            tb.scalar("train/epoch_loss", loss, state.global_step)
-            tb.panels("val/panels", panels, state.global_step)
-            if cfg.histograms:
-                tb.histograms(net, state.global_step)
-            improved = scores["dice"] > state.best_score
-            if improved:
-                state.best_score, state.best_epoch = scores["dice"], epoch + 1
-            saver.save(lr, scores, best=improved)
+            if self.is_chief:
+                self._end_epoch(epoch, lr, loss, len(self.dataset) / max(seconds, 1e-9))
             epoch_seconds = time.time() - epoch_start
-            log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f  "
-                     "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
-                     scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,
-                     "  (best, saved)" if improved else "")
-    except KeyboardInterrupt:
-        if is_chief:
-            saver.save(cfg.learning_rate_at(state.epoch), None, best=False)
-            log.warning("interrupted: state saved to %s at step %d; resume with "
-                        "--checkpoint=load", ckpt.last_path(cfg.checkpoint_file),
-                        state.global_step)
-        raise
-    finally:
-        tb.close()
-    return saver.last_meta
+
+    def _end_epoch(self, epoch, lr, loss, images_per_sec):
+        """Validate, log, and save the last (and, if improved, the best) checkpoint."""
+        cfg, state, tb = self.cfg, self.state, self.tb
+        faults.point("train.validation")
+        scores, panels = validate(self.net, self.info, self.model_cfg, self.ctx,
+                                  cfg.batch_size, cfg.log_images)
+        for name, value in scores.items():
+            tb.scalar(f"val/{name}", value, state.global_step)
+        tb.scalar("train/images_per_sec", images_per_sec, state.global_step)
+        tb.scalar("train/epoch_loss", loss, state.global_step)
+        tb.panels("val/panels", panels, state.global_step)
+        if cfg.histograms:
+            tb.histograms(self.net, state.global_step)
+        improved = scores["dice"] > state.best_score
+        if improved:
+            state.best_score, state.best_epoch = scores["dice"], epoch + 1
+        self.saver.save(lr, scores, best=improved)
+        log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f  "
+                 "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
+                 scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,
+                 "  (best, saved)" if improved else "")
+
+    def save_interrupted(self):
+        if not self.is_chief:
+            return
+        self.saver.save(self.cfg.learning_rate_at(self.state.epoch), None, best=False)
+        log.warning("interrupted: state saved to %s at step %d; resume with --checkpoint=load",
+                    ckpt.last_path(self.cfg.checkpoint_file), self.state.global_step)
 
 
 def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_workers):
