@@ -10,8 +10,10 @@ from .errors import InputError, TrainingDiverged
 log = logging.getLogger("unet")
 
 
-def setup_logging(verbose=False):
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+def setup_logging(verbose=False, quiet=False):
+    """Log lines on stderr: INFO by default, DEBUG when ``verbose``, WARNING when ``quiet``."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("PIL", "mxboard", "mxboard.event_file_writer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

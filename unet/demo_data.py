@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .cli import OneLineParser, run_guarded, setup_logging
 from .errors import InputError
 from .imageio import write_png
 
@@ -250,7 +251,7 @@ def _size(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m unet.demo_data",
         description="Generate a synthetic EM-like membrane dataset (masks: 255 = cell, 0 = membrane) "
                     "in the layout OUT/{train,validate,test}/{image,mask}/N.png.")
@@ -273,15 +274,14 @@ def build_parser():
 def main(argv=None):
     """Command-line entry point; returns the exit code (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
+    setup_logging(quiet=args.quiet)
+
+    def body():
         generate_demo_dataset(args.out, seed=args.seed, size=args.size, n_train=args.n_train,
                               n_validate=args.n_validate, n_test=args.n_test, overwrite=args.overwrite)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return InputError.exit_code
-    return 0
+        return 0
+
+    return run_guarded(body)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ converter reproduces its pixels exactly from a 25-slice stack with the default `
 
 Command line: ``python -m unet.isbi --train-volume ... --train-labels ... --out DIR``.
 """
-import argparse
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import tifffile
 
 from .demo_data import prepare_split
+from .cli import OneLineParser, run_guarded, setup_logging
 from .errors import InputError
 from .imageio import write_png
 
@@ -136,7 +136,7 @@ def convert_isbi(train_volume, train_labels, out_dir, test_volume=None, n_valida
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m unet.isbi",
         description="Convert the ISBI 2012 multi-page TIFFs into OUT/{train,validate,test}/{image,mask}/N.png "
                     "(masks: 255 = cell, 0 = membrane; files named by slice index).")
@@ -159,15 +159,14 @@ def build_parser():
 def main(argv=None):
     """Command-line entry point; returns the exit code (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
+    setup_logging(quiet=args.quiet)
+
+    def body():
         convert_isbi(args.train_volume, args.train_labels, args.out, test_volume=args.test_volume,
                      n_validate=args.validate, overwrite=args.overwrite)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return InputError.exit_code
-    return 0
+        return 0
+
+    return run_guarded(body)
 
 
 if __name__ == "__main__":
