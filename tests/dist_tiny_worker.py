@@ -6,6 +6,9 @@ own shard of 16 generated samples (local batch 2), then writes to OUT_DIR ``rank
 ``rank<R>.params``. The workers are seeded differently on purpose: ``kv.init`` must broadcast
 rank 0's weights.
 
+Rank 0 runs an inference forward after every step, as a validation would, and the workers
+first run a shape-inference forward in training mode, as unet.train does.
+
 ``--reference N`` runs without a cluster what N workers together compute: rank 0's seed, at each
 step the union of the N shards' batches, ``trainer.step`` on the global batch. It writes
 ``reference.json`` and ``reference.params``.
@@ -58,6 +61,8 @@ def train(out_dir, steps, reference_workers):
     net.initialize(mx.init.Xavier())
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5, "momentum": 0.9},
                             kvstore=kv, **distributed.trainer_kwargs("dist_sync"))
+    with autograd.record():  # as a training loop infers deferred shapes: in training mode
+        net(mx.nd.zeros((1, 1, 8, 8)))
     distributed.sync_initial_params(trainer)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     x, y = data()
@@ -72,6 +77,9 @@ def train(out_dir, steps, reference_workers):
             loss = loss_fn(net(mx.nd.array(x[batch])), mx.nd.array(y[batch]))
         loss.backward()
         trainer.step(distributed.global_batch_size(LOCAL_BATCH, num_workers))
+        if rank == 0:  # "validation" by rank 0 only: an inference forward between steps
+            net(mx.nd.array(x[:4])).asnumpy()
+    distributed.finish(not reference_workers)
     states = os.path.join(out_dir, f"{name}.states")
     trainer.save_states(states)
     with open(states, "rb") as handle:

@@ -132,6 +132,17 @@ def test_sync_initial_params_refuses_deferred_parameters():
     distributed.sync_initial_params(trainer)  # a local no-kvstore trainer: nothing to broadcast
 
 
+def test_in_cluster_finish_and_hard_exit():
+    assert distributed.in_cluster({"DMLC_ROLE": "worker"})
+    assert not distributed.in_cluster({"DMLC_ROLE": "server"}) and not distributed.in_cluster({})
+    distributed.finish(True)
+    code = ("import atexit\nfrom unet.distributed import hard_exit\n"
+            "atexit.register(print, 'normal shutdown ran')\nprint('flushed', end='')\nhard_exit(5)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=HARD_TIMEOUT)
+    assert (run.returncode, run.stdout) == (5, "flushed"), run.stderr
+
+
 # ---------------------------------------------------------------- unet.launch, command building
 
 def test_local_nodes_bind_loopback(monkeypatch):

@@ -25,8 +25,10 @@ do, and what these helpers give it:
 - ``dist_async`` needs ``update_on_kvstore=True`` (MXNet refuses otherwise): the optimizer runs on
   the servers and ``Trainer.save_states`` raises, so an async run cannot checkpoint its optimizer.
 """
+import contextlib
 import logging
 import os
+import sys
 
 import mxnet as mx
 from mxnet import gluon
@@ -122,15 +124,21 @@ def can_save_trainer_states(name):
 
 
 def sync_initial_params(trainer):
-    """Give every worker rank 0's weights now, before the first forward pass.
+    """Give every worker rank 0's weights now, before the first training step.
 
     The Trainer broadcasts rank 0's weights lazily, in its first ``step``: that first step's
     gradients would then come from each worker's own initialization. Call this once after
     creating the Trainer under ``dist_sync`` (or seed every worker the same); it does nothing for
     a Trainer with ``update_on_kvstore`` not False (MXNet then refuses a later change of batch
     size). It uses the Trainer's private ``_init_kvstore``/``_init_params``, as ``save_states``
-    does. The parameters must be initialized with known shapes (no deferred initialization):
-    give the layers their input channels or run one forward pass first.
+    does, and waits until the broadcast is done.
+
+    The parameters must be initialized with known shapes (no deferred initialization): give the
+    layers their input channels, or run one forward pass first *inside* ``autograd.record()``.
+    A forward pass outside it (inference mode) reorders convolution weights in place into a
+    oneDNN layout that the dist kvstore cannot send: rank 0's init push fails ("We can't
+    generate TBlob for MKLDNN data"), raised here as ``ValueError``, and the server aborts with
+    "init N first".
     """
     if trainer._kvstore_params.get("update_on_kvstore") is not False:
         return
@@ -142,6 +150,42 @@ def sync_initial_params(trainer):
         trainer._init_kvstore()
     if trainer._params_to_init:
         trainer._init_params()
+    try:
+        mx.nd.waitall()
+    except mx.base.MXNetError as err:
+        if "MKLDNN" not in str(err):
+            raise
+        raise ValueError("cannot broadcast weights in a oneDNN layout: run the shape-inference "
+                         "forward pass inside autograd.record(), not in inference mode") from None
+
+
+def finish(is_dist):
+    """Wait for every pending kvstore push and pull; call it when a dist training run ends.
+
+    A worker whose interpreter exits with a push or pull still in flight hangs in ps-lite's
+    shutdown, and the whole cluster with it.
+    """
+    if is_dist:
+        mx.nd.waitall()
+
+
+def in_cluster(environ=None):
+    """Whether this process is a worker started by ``python -m unet.launch``."""
+    return (os.environ if environ is None else environ).get("DMLC_ROLE") == "worker"
+
+
+def hard_exit(code):
+    """End this process now with ``code``, skipping the interpreter's shutdown.
+
+    For a cluster worker that failed: its normal exit would wait in the kvstore's shutdown for
+    the other workers forever, so the launcher would never learn of the failure. Flushes the
+    logging handlers and standard streams, then ``os._exit(code)``.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def global_batch_size(local_batch, num_workers):
