@@ -10,6 +10,7 @@ infer   one forward pass
 data    the data pipeline alone: load + augment, images/s with ``--workers`` loader workers
 epoch   a short real epoch of ``unet.train.train`` against the same number of pure steps
 tiled   overlap-tiled inference of a 2048x2048 image against one 512x512 pass, per pixel
+        (``--batch`` tiles per forward pass)
 
 GFLOP/s counts the convolutions only (2*k*k*Cin*Cout*H*W per forward; a training step counts
 3x the forward). Peak memory is the child process' ``ru_maxrss``.
@@ -28,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("train", "infer", "data", "epoch", "tiled")
 STEP_TASKS = ("train", "infer")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-TILED_IMAGE = 2048
 
 
 # ----------------------------------------------------------------------------- machine
@@ -65,8 +65,14 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
 
 
+CPU_MS = []   # process CPU ms of each timed call of the row: steadier than wall time on a busy machine
+
+
 def timed(fn, warmup, repeat):
-    """(first call ms, list of timed ms): ``warmup`` untimed calls after the first, then ``repeat``."""
+    """(first call ms, list of timed ms): ``warmup`` untimed calls after the first, then ``repeat``.
+
+    The process CPU time of each timed call goes to ``CPU_MS``.
+    """
     start = time.perf_counter()
     fn()
     first = (time.perf_counter() - start) * 1e3
@@ -74,9 +80,10 @@ def timed(fn, warmup, repeat):
         fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
+        CPU_MS.append((time.process_time() - cpu) * 1e3)
     return first, times
 
 
@@ -243,8 +250,8 @@ def run_tiled(spec):
     from unet.tiling import predict_probabilities
     tile = spec["size"]
     cfg, net, x, _ = prepare_infer_net(dict(spec, batch=1), tile)
-    image = np.random.default_rng(0).uniform(
-        -1, 1, (cfg.in_channels, TILED_IMAGE, TILED_IMAGE)).astype(np.float32)
+    side = spec["tiled_image"]
+    image = np.random.default_rng(0).uniform(-1, 1, (cfg.in_channels, side, side)).astype(np.float32)
 
     def single():
         net(x).wait_to_read()
@@ -254,10 +261,10 @@ def run_tiled(spec):
 
     _, single_times = timed(single, spec["warmup"], spec["repeat"])
     first, times = timed(tiled, 1, max(1, spec["repeat"] // 3))
-    per_pixel = median(times) / TILED_IMAGE ** 2 / (median(single_times) / tile ** 2)
+    per_pixel = median(times) / side ** 2 / (median(single_times) / tile ** 2)
     return dict(first_ms=first, times_ms=times, single_ms_median=median(single_times),
-                per_pixel_vs_single=per_pixel, image=TILED_IMAGE, tile=tile,
-                gflop=conv_gflop(cfg, TILED_IMAGE, TILED_IMAGE))
+                per_pixel_vs_single=per_pixel, image=side, tile=tile,
+                gflop=conv_gflop(cfg, side, side))
 
 
 def demo_dataset(folder, size, count):
@@ -267,7 +274,8 @@ def demo_dataset(folder, size, count):
 
 
 def run_data(spec):
-    from unet.data import SegmentationDataset, make_loader, prepare_data
+    from unet.data import prepare_data
+    from unet.dataset import SegmentationDataset, make_loader
     size, count = spec["size"], spec["epoch_images"]
     with tempfile.TemporaryDirectory() as folder:
         info = prepare_data(demo_dataset(folder, size, count), 2, channels=spec["channels"])
@@ -339,6 +347,8 @@ def child(spec):
     ms = median(times)
     row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
                repeat=len(times), peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
+    if CPU_MS and spec["task"] in STEP_TASKS:
+        row["cpu_ms_median"] = round(median(CPU_MS), 2)
     if "gflop" in result:
         row["gflops_achieved"] = round(result["gflop"] / (ms / 1e3), 1)
     images = result.get("images", spec["batch"])
@@ -397,7 +407,8 @@ def run_row(spec, timeout):
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
         "amp", "norm", "fast_norm", "fuse", "mirror", "static", "threads", "env", "batch",
-        "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap")}
+        "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
+        "tiled_image")}
     specs = []
     for task in args.task:
         sizes = args.size if task in STEP_TASKS or args.size_given else [256 if task in (
@@ -470,6 +481,7 @@ def build_parser():
     g.add_argument("--workers", type=int, default=2, help="data/epoch loader workers (default 2)")
     g.add_argument("--epoch-images", type=int, default=16, help="data/epoch images (default 16)")
     g.add_argument("--overlap", type=int, default=None, help="tiled: overlap (default tile/4)")
+    g.add_argument("--tiled-image", type=int, default=2048, help="tiled: image side (default 2048)")
     g.add_argument("--timeout", type=int, default=1800, help="seconds per row (default 1800)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet.data import (DataInfo, Normalization, SegmentationDataset,
-                       compute_normalization, list_split, make_loader, match_channels,
-                       prepare_data, sample_seed)
+from unet.data import (DataInfo, Normalization, compute_normalization, list_split,
+                       match_channels, prepare_data)
+from unet.dataset import SegmentationDataset, make_loader, sample_seed
 from unet.errors import InputError
 from unet.masks import MaskEncoding
 

@@ -1,33 +1,25 @@
-"""Datasets on disk: checking the splits, normalization, the training Dataset and its loader.
+"""Datasets on disk: listing and checking the splits, channels, normalization.
 
 Layout: ``DATA/train/image/*`` with masks in ``DATA/train/mask/*`` paired by file stem (``a.tif``
 goes with ``a.png``), and the same under ``DATA/validate``. :func:`prepare_data` reads every pair
 once before training, so that a bad file stops the run at the start with one line naming it,
 not hours later in a worker process.
 
-Augmentation is seeded per sample from ``(seed, epoch, index)``: MXNet 1.9.1's forked workers
-inherit one RNG state, so anything else repeats augmentations across workers, and the results
-would differ between 0 and N workers.
+The training Dataset and its loader are in :mod:`unet.dataset`.
 """
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
-from mxnet import gluon
 from tqdm import tqdm
 
-from .augment import augment as augment_sample
-from .augment import build_augmenter, center_crop
 from .errors import InputError
 from .imageio import display_path, read_image, read_mask
 from .masks import MaskEncoding, infer_encoding, listing, unique_values
-from .weightmap import border_weight_map
 
 log = logging.getLogger(__name__)
-cv2.setNumThreads(0)  # the DataLoader's worker processes are the parallelism
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm",
                   ".ppm", ".pbm", ".jp2")
@@ -329,147 +321,3 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
 
 def _round(values):
     return [round(v, 4) for v in values]
-
-
-def sample_seed(seed, epoch, index):
-    """The augmentation seed of one sample: the same in any process, differs between samples."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
-
-
-class SegmentationDataset(gluon.data.Dataset):
-    """Training samples as ``(image, label, weight)`` crops of side ``crop_size``.
-
-    Parameters
-    ----------
-    samples : list of Sample
-        With masks; repeats are fine (weight maps are cached per mask file).
-    info : DataInfo
-        From :func:`prepare_data`: channels, normalization, mask encoding.
-    crop_size : int
-        Side ``S`` of the square crops; smaller images are mirror-padded.
-    augment : bool, default True
-        :func:`unet.augment.build_augmenter` (random crop, flips, affine, elastic, intensity);
-        False takes the central crop.
-    seed : int, default 0
-        With the epoch (:meth:`set_epoch`) and the index, seeds each sample's augmentation.
-    weight_map : bool, default False
-        Return the U-Net border weight map (:func:`unet.weightmap.border_weight_map`) instead of
-        ones. Computed once per mask, here in the main process, so that forked workers share it.
-    w0 : float, default 10.0
-    sigma : float, default 5.0
-        Weight map parameters.
-
-    Items are numpy arrays: ``image`` float32 ``(C, S, S)`` normalized, ``label`` float32
-    ``(S, S)`` class indices, ``weight`` float32 ``(S, S)``.
-    """
-
-    def __init__(self, samples, info, crop_size, augment=True, seed=0, weight_map=False,
-                 w0=10.0, sigma=5.0):
-        if int(crop_size) < 1:
-            raise ValueError(f"crop_size must be >= 1, got {crop_size!r}")
-        if any(s.mask_path is None for s in samples):
-            raise ValueError("every training sample needs a mask_path")
-        self.samples, self.info, self.crop_size = list(samples), info, int(crop_size)
-        self.seed, self.epoch = int(seed), 0
-        self.augmenter = build_augmenter(self.crop_size) if augment else None
-        self.weights = {}
-        if weight_map:
-            start = time.perf_counter()
-            for sample in self.samples:
-                if sample.mask_path not in self.weights:
-                    classes = self._classes(sample)
-                    self.weights[sample.mask_path] = border_weight_map(classes, w0, sigma)
-            log.info("computed %d weight maps (w0=%g, sigma=%g) in %.1f s", len(self.weights),
-                     w0, sigma, time.perf_counter() - start)
-
-    def set_epoch(self, epoch):
-        """Select the epoch's augmentations; re-create the loader afterwards."""
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def _classes(self, sample):
-        return self.info.encoding.decode(read_mask(sample.mask_path),
-                                         name=display_path(sample.mask_path))
-
-    def __getitem__(self, index):
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index = index % len(self)
-        sample = self.samples[index]
-        image = match_channels(read_image(sample.image_path), self.info.channels,
-                               display_path(sample.image_path))
-        classes = self._classes(sample)
-        weight = self.weights.get(sample.mask_path)
-        if self.augmenter is not None:
-            image, classes, weight = augment_sample(
-                self.augmenter, image, classes, weight,
-                seed=sample_seed(self.seed, self.epoch, index))
-        else:
-            image, classes = center_crop(image, self.crop_size), center_crop(classes,
-                                                                             self.crop_size)
-            weight = None if weight is None else center_crop(weight, self.crop_size)
-        if weight is None:
-            weight = np.ones(classes.shape, np.float32)
-        return (self.info.normalization.apply(image), classes.astype(np.float32),
-                np.ascontiguousarray(weight, dtype=np.float32))
-
-
-class _FixedOrder(gluon.data.Sampler):
-    def __init__(self, order):
-        self.order = [int(i) for i in order]
-
-    def __iter__(self):
-        return iter(self.order)
-
-    def __len__(self):
-        return len(self.order)
-
-
-def make_loader(dataset, batch_size, shuffle, num_workers, epoch=0, seed=0):
-    """A DataLoader for one epoch; create a new one every epoch.
-
-    MXNet 1.9.1 forks its worker pool in ``DataLoader.__init__``, so the workers hold the dataset
-    as it was then (call ``dataset.set_epoch(epoch)`` first).
-
-    Parameters
-    ----------
-    dataset : gluon.data.Dataset
-    batch_size : int
-    shuffle : bool
-        A permutation drawn from ``(seed, epoch)``: the same for any number of workers.
-    num_workers : int
-        Worker processes; 0 loads in the calling process.
-    epoch, seed : int, default 0
-
-    Returns
-    -------
-    gluon.data.DataLoader
-        Batches of ``len(dataset) // batch_size`` full batches; the incomplete last batch is
-        discarded ('discard'), except that a dataset smaller than one batch gives one smaller
-        batch ('keep'). Batches are tuples of numpy arrays; the caller copies them to its
-        devices.
-    """
-    if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
-                         f"{num_workers!r}")
-    order = np.arange(len(dataset))
-    if shuffle:
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 1]))
-        order = rng.permutation(len(dataset))
-    last_batch = "keep" if len(dataset) < batch_size else "discard"
-    sampler = gluon.data.BatchSampler(_FixedOrder(order), batch_size, last_batch)
-    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                 batchify_fn=stack_numpy)
-
-
-def stack_numpy(samples):
-    """Batch a list of ``(image, label, weight)`` numpy tuples into numpy arrays.
-
-    MXNet's default batchify hands NDArrays from the workers over as shared-memory file
-    descriptors, and 1.9.1 can close such a descriptor twice: the second close then hits
-    whatever file reused the number (seen as ``EBADF`` while a checkpoint was being written).
-    Plain numpy arrays travel pickled through the pool's pipe instead.
-    """
-    return tuple(np.stack(field) for field in zip(*samples))

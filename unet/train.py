@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import faults
-from .data import SegmentationDataset, make_loader, prepare_data
+from .data import prepare_data
+from .dataset import SegmentationDataset, make_loader
 from .distributed import create_kvstore, shard_indices, sync_initial_params, trainer_kwargs
 from .errors import InputError, TrainingDiverged
 from .lock import RunLock
