@@ -41,6 +41,17 @@ def test_json_rows_for_a_selected_subset():
     assert rows[1]["gflop"] == pytest.approx(3 * rows[0]["gflop"], rel=1e-3)
 
 
+def test_data_epoch_and_tiled_rows():
+    done = run_script("--json", "--task", "data", "epoch", "tiled", "--size", "32",
+                      "--epoch-images", "2", "--workers", "0", "--tiled-image", "64", *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data, epoch, tiled = json.loads(done.stdout)
+    assert [r["status"] for r in (data, epoch, tiled)] == ["ok"] * 3
+    assert data["images"] == 2 and data["images_per_s"] > 0
+    assert epoch["steps"] == 2 and epoch["pure_steps_ms"] > 0 and "overhead" in epoch
+    assert tiled["image"] == 64 and tiled["tile"] == 32 and tiled["per_pixel_vs_single"] > 0
+
+
 def test_table_has_machine_line_and_a_row():
     done = run_script("--task", "infer", "--size", "32", "--channels", "3", "--norm", "batch",
                       *TINY)
