@@ -223,6 +223,8 @@ def test_cli_errors(tmp_path, capsys):
                         "python", "train.py"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and missing in err[0]
+    assert launch.main(["-n", "1", str(tmp_path / "no-such-program")]) == 2
+    assert "no-such-program: no such executable" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- unet.launch, real clusters

@@ -8,7 +8,8 @@ cluster whose process died waits forever, so the launcher watches every process;
 non-zero or is killed it logs one line, stops the others (SIGTERM, SIGKILL after ``--timeout``
 seconds) and exits non-zero. Ctrl-C or SIGTERM to the launcher stops the whole cluster: the
 workers get SIGINT first and ``--timeout`` seconds to save their state (a second Ctrl-C cuts
-that short).
+that short). Under ``dist_sync`` that rarely succeeds: a worker waiting in a push for a peer that
+already stopped never returns to Python, and is killed; the checkpoint of the last epoch stays.
 
 ``--launcher local`` (default) runs everything on this machine on 127.0.0.1 with a fresh port,
 ``OMP_NUM_THREADS=1`` unless set. ``--launcher ssh -H HOSTFILE`` runs the scheduler here and the
@@ -28,6 +29,7 @@ import ctypes
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -358,6 +360,8 @@ def main(argv=None):
     env = dict(args.env)
     try:
         if args.launcher == "local":
+            if shutil.which(args.command[0]) is None:
+                raise InputError(f"cannot run {args.command[0]}: no such executable")
             port = args.port or free_port("127.0.0.1")
             nodes = local_nodes(args.num_workers, args.num_servers, args.command, port, env)
         else:
