@@ -153,4 +153,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from unet.distributed import in_cluster, hard_exit
+    if code and in_cluster():
+        hard_exit(code)     # a failed cluster worker would otherwise wait in ps-lite forever
+    sys.exit(code)

@@ -21,7 +21,8 @@ from . import checkpoint as ckpt
 from . import faults
 from .data import prepare_data
 from .dataset import SegmentationDataset, make_loader
-from .distributed import create_kvstore, shard_indices, sync_initial_params, trainer_kwargs
+from .distributed import (create_kvstore, finish, shard_indices, sync_initial_params,
+                          trainer_kwargs)
 from .errors import InputError, TrainingDiverged
 from .lock import RunLock
 from .losses import SegmentationLoss
@@ -81,25 +82,18 @@ def train(cfg):
     loss, ``KeyboardInterrupt`` after saving the state when interrupted.
     """
     os.makedirs(os.path.dirname(os.path.abspath(cfg.checkpoint_file)), exist_ok=True)
-    lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
-    try:
-        return _train_locked(cfg)
-    finally:
-        lock.release()
-
-
-def _train_locked(cfg):
     seed_everything(cfg.seed)
     if cfg.amp != "fp32":
         init_amp(cfg.amp)
     run = _Run(cfg)
     try:
         run.loop()
+        finish(run.is_dist)
     except KeyboardInterrupt:
         run.save_interrupted()
         raise
     finally:
-        run.tb.close()
+        run.close()
     return run.saver.last_meta
 
 
@@ -108,6 +102,21 @@ class _Run:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.ctx = contexts(cfg)
+        kvstore, self.rank, self.num_workers, self.is_dist = create_kvstore(cfg.kvstore,
+                                                                            len(self.ctx))
+        self.is_chief = self.rank == 0
+        self.tb, self.lock = None, None
+        if self.is_chief:       # only rank 0 writes checkpoints
+            self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
+        try:
+            self._set_up(kvstore)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, kvstore):
+        cfg = self.cfg
         resume_meta, last = None, None
         if cfg.checkpoint == "load":
             last, resume_meta = _resume_meta(cfg)
@@ -123,10 +132,6 @@ class _Run:
             info = dataclasses.replace(info, normalization=type(info.normalization).from_dict(
                 resume_meta["data"]["normalization"]))
         self.info = info
-        self.ctx = contexts(cfg)
-        kvstore, self.rank, self.num_workers, self.is_dist = create_kvstore(cfg.kvstore,
-                                                                            len(self.ctx))
-        self.is_chief = self.rank == 0
         self._build_network(kvstore)
         if resume_meta is not None:
             ckpt.load_training_state(self.net, self.trainer if self.can_save_states else None,
@@ -136,8 +141,12 @@ class _Run:
                      self.state.best_epoch)
         if self.is_dist:
             # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all.
+            # Recorded: an inference-mode forward rewrites conv weights into a oneDNN layout
+            # the dist kvstore cannot send. Same seed everywhere, so the same batch everywhere.
             size = model_cfg.image_size
-            self.net(mx.nd.zeros((1, model_cfg.in_channels, size, size), ctx=self.ctx[0]))
+            with autograd.record():
+                self.net(mx.nd.random.normal(shape=(1, model_cfg.in_channels, size, size),
+                                             ctx=self.ctx[0]))
             sync_initial_params(self.trainer)
         self.dataset = self._training_set()
         self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
@@ -225,6 +234,12 @@ class _Run:
                  "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
                  scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,
                  "  (best, saved)" if improved else "")
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def save_interrupted(self):
         if not self.is_chief:
