@@ -184,10 +184,13 @@ def load_parameters(net, path, ctx):
     try:
         net.load_parameters(os.fspath(path), ctx=ctx)
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
-        # MXNet's own errors carry a C++ traceback; the last line is the one that says what.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(exc).__name__
-        raise InputError(f"checkpoint {path} does not fit the network: {reason}") from None
+        raise InputError(f"checkpoint {path} does not fit the network: {_reason(exc)}") from None
+
+
+def _reason(exc):
+    """MXNet's errors carry a C++ traceback; the last line is the one that says what."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def load_for_inference(path, ctx=None):
@@ -224,7 +227,8 @@ def load_training_state(net, trainer, path, optimizer=None):
         try:
             load_optimizer_state(trainer, states_path, state)
         except (KeyError, ValueError, mx.base.MXNetError) as exc:
-            raise InputError(f"optimizer state {states_path} does not fit: {exc}") from None
+            raise InputError(f"optimizer state {states_path} does not fit: "
+                             f"{_reason(exc)}") from None
     return meta
 
 
