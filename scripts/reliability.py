@@ -542,8 +542,7 @@ def evaluate_checkpoint_cases(ws):
     yield json_edit("normalization std infinite",
                     lambda m: m["data"]["normalization"].update(std=[float("inf")]),
                     "normalization")
-    yield json_edit("image_size 2**20", lambda m: m["model"].update(image_size=2 ** 20),
-                    "image_size")
+    yield json_edit("image_size 2**20", lambda m: m["model"].update(image_size=2 ** 20))
 
     def states_pickle(f):
         """evaluate.py on a last checkpoint whose optimizer state is a pickle: never read."""
