@@ -72,6 +72,7 @@ def save_checkpoint(net, path, meta, trainer=None):
     folder = os.path.dirname(os.path.abspath(path))
     meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION,
                 versions=library_versions(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _finish_interrupted_commit(path)
     old_states = _states_file(path)
     states_path, params_renamed = None, False
     try:
@@ -108,6 +109,24 @@ def save_checkpoint(net, path, meta, trainer=None):
         except OSError:
             pass
     return meta
+
+
+def _finish_interrupted_commit(path):
+    """Commit the pending JSON of a save killed between its two renames.
+
+    That JSON is then the only description of the weights on disk; the new save's pending JSON
+    would overwrite it, and a kill before the new weights are renamed would lose the checkpoint.
+    """
+    pending = meta_path(path) + ".pending"
+    if not (os.path.isfile(pending) and os.path.isfile(path)):
+        return
+    try:
+        with open(pending, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("params_sha256") == sha256_file(path):
+        os.replace(pending, meta_path(path))
 
 
 def _states_file(path):

@@ -61,6 +61,9 @@ def run_guarded(body):
     except ValueError as exc:        # a bad option value caught by a config's validation
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except MemoryError as exc:
+        sys.stderr.write(f"error: out of memory{': ' + str(exc) if str(exc) else ''}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

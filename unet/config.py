@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 NORMS = ("layer", "batch")
 UPSAMPLE_MODES = ("upsample", "transpose")
+MAX_IMAGE_SIZE = 8192  # a training crop / inference tile side; far above what fits in memory
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class ModelConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if self.depth > 10:
+            raise ValueError(f"depth must be at most 10, got {self.depth!r}")
         if self.image_size % (2 ** self.depth):
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of 2**depth = {2 ** self.depth}; "

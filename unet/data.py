@@ -133,7 +133,7 @@ class Normalization:
     def __post_init__(self):
         mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
         if mean.ndim != 1 or mean.shape != std.shape or not len(mean) or not np.all(std > 0) \
-                or not np.all(np.isfinite(mean)):
+                or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(std)):
             raise ValueError(f"normalization needs equal-length mean and positive std lists, got "
                              f"mean={self.mean!r}, std={self.std!r}")
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]

@@ -68,6 +68,22 @@ def _resume_meta(cfg):
     return last, ckpt.read_meta(last)
 
 
+def _best_on_disk(path):
+    """``(best_score, best_epoch)`` of the best checkpoint on disk, ``(-1.0, -1)`` when none.
+
+    A kill between the last and the best save leaves the last checkpoint naming a best epoch
+    that was never written; resuming with its score would never write that best.
+    """
+    if not os.path.isfile(path):
+        return -1.0, -1
+    try:
+        meta = ckpt.read_meta(path)
+    except InputError as err:
+        log.warning("%s; the next epoch writes a new best checkpoint", err)
+        return -1.0, -1
+    return meta["best_score"], meta["best_epoch"]
+
+
 def _check_same_model(saved, wanted, path):
     diffs = [d for d in saved.differences(wanted)]
     if diffs:
@@ -131,6 +147,7 @@ class _Run:
                 run_name=resume_meta.get("run_name") or self.state.run_name)
             info = dataclasses.replace(info, normalization=type(info.normalization).from_dict(
                 resume_meta["data"]["normalization"]))
+            self.state.best_score, self.state.best_epoch = _best_on_disk(cfg.checkpoint_file)
         self.info = info
         self._build_network(kvstore)
         if resume_meta is not None:
@@ -305,9 +322,11 @@ class _Saver:
                 self.trainer)
             if best:
                 ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"))
-        except OSError as exc:
+        except (OSError, mx.base.MXNetError) as exc:
+            # MXNet's writer reports a full disk as MXNetError; its last line says what.
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
             raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
-                             f"{exc.strerror or exc}; the previous checkpoint is kept") from None
+                             f"{reason}; the previous checkpoint is kept") from None
 
 
 def _jsonable(obj):
