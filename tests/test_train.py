@@ -128,6 +128,22 @@ def test_killed_mid_epoch_resumes_and_finishes(tmp_path, demo):
     assert after["epoch"] == 3 and after["global_step"] == 6
 
 
+@pytest.mark.parametrize("signal_name", ["INT", "TERM"])
+def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name):
+    ckpt = tmp_path / "unet.params"
+    args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
+            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY
+    env = dict(os.environ, UNET_KILL_AT="train.step:3", UNET_KILL_SIGNAL=signal_name)
+    stopped = _segmenter(args, env)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "state saved" in stopped.stderr and "Traceback" not in stopped.stderr
+    meta = read_meta(last_path(ckpt))
+    assert meta["epoch"] == 1 and meta["global_step"] == 3     # mid-epoch 2, saved on the way out
+    done = _segmenter(args + ["--checkpoint", "load"])
+    assert done.returncode == 0, done.stderr
+    assert read_meta(last_path(ckpt))["epoch"] == 3
+
+
 @pytest.mark.parametrize("problem, expected", [
     ("missing_mask", "without a mask"),
     ("size_mismatch", "64x32"),

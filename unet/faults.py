@@ -1,6 +1,8 @@
 """Fault injection for the reliability tests: die with SIGKILL at a named point.
 
-Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it passes ``POINT``.
+Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it passes ``POINT``;
+``UNET_KILL_SIGNAL=INT`` (or ``TERM``) sends that signal instead of SIGKILL, to test the clean
+exits.
 Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating),
 ``checkpoint.params_written`` (weights in a temp file, nothing renamed), ``checkpoint.renamed``
 (weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
@@ -10,6 +12,7 @@ import os
 import signal
 
 ENV = "UNET_KILL_AT"
+SIGNAL_ENV = "UNET_KILL_SIGNAL"
 _hits = {}
 
 
@@ -23,4 +26,5 @@ def point(name):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        name = os.environ.get(SIGNAL_ENV, "KILL")
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
