@@ -129,6 +129,42 @@ def _finish_interrupted_commit(path):
         os.replace(pending, meta_path(path))
 
 
+def remove_stale_files(checkpoint_file):
+    """Delete what killed writes left beside a run's checkpoints; returns the names removed.
+
+    That is hidden temporary files of this run's checkpoint names, and ``-stepN.states`` files
+    that no JSON (committed or pending) names. Call it only while holding the run's lock.
+    """
+    folder = os.path.dirname(os.path.abspath(checkpoint_file))
+    best, last = os.path.basename(checkpoint_file), os.path.basename(last_path(checkpoint_file))
+    prefixes = [f".{name}." for name in (best, last)]
+    states_prefix = os.path.splitext(last)[0] + "-step"
+    prefixes.append("." + states_prefix)
+    referenced = set()
+    for name in (best, last):
+        for meta_file in (meta_path(name), meta_path(name) + ".pending"):
+            try:
+                with open(os.path.join(folder, meta_file), encoding="utf-8") as handle:
+                    referenced.add(json.load(handle).get("optimizer_state", {}).get("file"))
+            except (OSError, ValueError, AttributeError):
+                pass
+    removed = []
+    for name in os.listdir(folder):
+        stale_temp = any(name.startswith(p) for p in prefixes) and ".tmp" in name
+        orphan = name.startswith(states_prefix) and name.endswith(".states") \
+            and name not in referenced
+        if stale_temp or orphan:
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d file(s) left by an interrupted write: %s", len(removed),
+                 ", ".join(sorted(removed)))
+    return removed
+
+
 def _states_file(path):
     try:
         with open(meta_path(path), encoding="utf-8") as handle:

@@ -125,6 +125,7 @@ class _Run:
         self.tb, self.lock = None, None
         if self.is_chief:       # only rank 0 writes checkpoints
             self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
+            ckpt.remove_stale_files(cfg.checkpoint_file)
         try:
             self._set_up(kvstore)
         except BaseException:
