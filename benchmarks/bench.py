@@ -239,8 +239,11 @@ def run_infer(spec):
     first, times = timed(forward, spec["warmup"], spec["repeat"])
     probs = mx.nd.softmax(net(x).astype("float32"), axis=1)
     ref_probs = mx.nd.softmax(reference, axis=1)
-    diff = float(mx.nd.abs(probs - ref_probs).max().asscalar())
-    return dict(first_ms=first, times_ms=times, max_prob_diff_vs_fp32=diff,
+    diff = mx.nd.abs(probs - ref_probs)
+    agree = mx.nd.mean(probs.argmax(axis=1) == ref_probs.argmax(axis=1))
+    return dict(first_ms=first, times_ms=times, max_prob_diff_vs_fp32=float(diff.max().asscalar()),
+                mean_prob_diff_vs_fp32=float(diff.mean().asscalar()),
+                argmax_agreement_vs_fp32=float(agree.asscalar()),
                 fused_nodes=spec.get("fused_nodes"),
                 gflop=spec["batch"] * conv_gflop(cfg, spec["size"], spec["size"]))
 
@@ -437,7 +440,9 @@ def format_table(rows):
         elif r["task"] == "data":
             note = f"{r['workers']} workers"
         elif r.get("max_prob_diff_vs_fp32"):
-            note = f"max |p - p_fp32| {r['max_prob_diff_vs_fp32']:.2g}"
+            note = (f"prob diff to fp32 max {r['max_prob_diff_vs_fp32']:.2g} mean "
+                    f"{r['mean_prob_diff_vs_fp32']:.2g}, same class "
+                    f"{100 * r['argmax_agreement_vs_fp32']:.2f}%")
         lines.append((r["task"], str(r["size"]), str(r["channels"]), r["variant"],
                       f"{r['ms_median']:.0f}", f"{r['ms_min']:.0f}-{r['ms_max']:.0f}",
                       f"{r['images_per_s']:.2f}", str(r.get("gflops_achieved", "-")),

@@ -6,6 +6,11 @@ on a 256x256 U-Net training step the LayerNorm backward alone took ~20% of the s
 computes the very same function, but expresses every reduction and every broadcast as a ``dot``
 with a ones vector (a BLAS GEMV or a rank-1 product, 5-15x faster than the reduce kernel) and the
 rest as same-shape element-wise ops, so that autograd's backward is made of the same fast ops.
+
+Measured on a 2-core AMD EPYC (1 thread, CPU time): forward + backward of one (1, 64, 256, 256)
+LayerNorm 148 ms -> 76 ms; a whole 512x512 U-Net training step about 0.9x. The price is memory:
+autograd keeps two more (M, W) tensors per LayerNorm alive for the backward than nn.LayerNorm
+(about +0.7 GB in a 512x512 training step).
 """
 from mxnet.gluon import nn
 
@@ -58,7 +63,11 @@ class LayerNorm(nn.HybridBlock):
         inv_w = F.BlockGrad(F.reciprocal(F.sum(ones_row)))                   # 1/W, a (1,) array
         mean = F.broadcast_mul(F.dot(rows, ones_row, transpose_b=True), inv_w)   # (M, 1)
         centered = rows - F.dot(mean, ones_row)                              # (M, W)
-        var = F.broadcast_mul(F.dot(F.square(centered), ones_row, transpose_b=True), inv_w)
+        # Row-wise <c, c> as M tiny GEMMs: unlike dot(square(c), ones), autograd keeps no extra
+        # (M, W) tensor alive for the backward (at 512x512, 0.5 GB less), for ~15% more time.
+        pairs = F.expand_dims(centered, axis=1)                              # (M, 1, W)
+        var = F.broadcast_mul(F.reshape(F.batch_dot(pairs, pairs, transpose_b=True),
+                                        shape=(-1, 1)), inv_w)               # (M, 1)
         scale = F.dot(F.rsqrt(var + self._epsilon), gamma)                   # (M, W) = rstd x gamma
         out = centered * scale + F.dot(ones_col, beta)                       # (M, W)
         return F.reshape_like(out, x)
