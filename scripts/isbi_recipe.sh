@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The documented way to train on ISBI 2012 (issue 9): train a U-Net on a 2-core CPU within an hour,
+# then score it on the validate slices. See docs/quality.md for the measured scores and the levers.
+#
+# Usage: scripts/isbi_recipe.sh [SEGMENTER FLAGS...]
+#   Extra flags go to segmenter.py after the recipe's own, so they win: e.g. --time-limit 3 for a
+#   short check.
+# Environment (defaults in brackets):
+#   DATA_DIR   dataset root with train/ and validate/ [../shared/data/isbi2012]
+#   OUT_DIR    checkpoint, TensorBoard logs and predictions [runs/isbi_recipe]
+#   THRESHOLD  cell-probability threshold of the evaluation [0.5]
+#   TTA        1: average the 8 flips/rotations at evaluation, 0: single pass [1]
+#   PYTHON     interpreter [.venv/bin/python]
+# Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
+# error, Dice, IoU, adapted Rand error per validate slice and mean) and overlays beside the masks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+data_dir="${DATA_DIR:-../shared/data/isbi2012}"
+out_dir="${OUT_DIR:-runs/isbi_recipe}"
+threshold="${THRESHOLD:-0.5}"
+python="${PYTHON:-.venv/bin/python}"
+tta=()
+[[ "${TTA:-1}" == 1 ]] && tta=(--tta)
+# 2 threads: one per core of the reference machine; the loader worker shares them.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+"$python" segmenter.py --data-dir "$data_dir" \
+    --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" \
+    --image-size 256 --base-channels 16 --depth 4 --norm batch \
+    --batch-size 2 --epoch-size 300 --num-epochs 100 --num-workers 1 \
+    --optimizer adam --learning-rate 0.001 --lr-decay 0.3 --lr-decay-epoch 10,14 \
+    --time-limit 55 --no-histograms --log-images 1 "$@"
+"$python" evaluate.py --data-dir "$data_dir" --split validate \
+    --network-param "$out_dir/unet.params" --output "$out_dir/predictions" \
+    --threshold "$threshold" "${tta[@]}" --overlay --probabilities npy --no-progress
