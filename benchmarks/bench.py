@@ -144,22 +144,12 @@ def conv_gflop(cfg, height, width):
     return total[0] * (height * width) / (small * small) / 1e9
 
 
-def amp_fp32_ops():
-    """AMP's bf16 float32 list plus Concat.
-
-    Concat is dtype-neutral in AMP's lists, but in the U-Net it joins a bf16 convolution output
-    and a float32 skip (LayerNorm runs in float32), and refuses mixed inputs: run it in float32.
-    """
-    from mxnet.contrib import amp
-    return amp.list_fp32_ops(amp.amp.bfloat16) + ["Concat", "concat"]
-
-
 def build_net(spec, size, amp_init):
     import mxnet as mx
     from unet.model import build_unet, initializer
     if amp_init:
-        from mxnet.contrib import amp
-        amp.init(target_dtype="bfloat16", fp32_ops=amp_fp32_ops())
+        from unet.precision import init_amp
+        init_amp("bf16")
     cfg = model_config(spec, size)
     net = build_unet(cfg)
     net.initialize(initializer(), ctx=mx.cpu())
@@ -219,6 +209,7 @@ def prepare_infer_net(spec, size):
     reference = net(x)
     if spec["amp"] == "bf16":
         from mxnet.contrib import amp
+        from unet.precision import amp_fp32_ops
         net = amp.convert_hybrid_block(net, target_dtype="bfloat16", fp32_ops=amp_fp32_ops(),
                                        ctx=mx.cpu())
     if spec["fuse"]:
@@ -326,7 +317,7 @@ def run_epoch(spec):
 
 RUNNERS = {"train": run_train, "infer": run_infer, "data": run_data, "epoch": run_epoch,
            "tiled": run_tiled}
-NEEDS = {"data": "unet.data", "epoch": "unet.train", "tiled": "unet.tiling"}
+NEEDS = {"data": "unet.dataset", "epoch": "unet.train", "tiled": "unet.tiling"}
 
 
 def child(spec):
