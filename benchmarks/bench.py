@@ -47,8 +47,13 @@ def machine_info():
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        from importlib.metadata import version
+        mxnet = version("mxnet")
+    except Exception:                  # not installed as a distribution: leave it out
+        mxnet = None
     return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
-            "python": platform.python_version(),
+            "python": platform.python_version(), "mxnet": mxnet,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default")}
 
 
@@ -308,7 +313,7 @@ def run_epoch(spec):
 
         one, three = run(1, "one"), run(3, "three")
     epoch_ms = (three - one) / 2                     # set-up and graph building cancel out
-    steps = -(-count // spec["batch"])
+    steps = max(count // spec["batch"], 1)          # the loader drops an incomplete last batch
     step = run_train(dict(spec, warmup=2, repeat=max(3, spec["repeat"])))
     pure_ms = steps * median(step["times_ms"])
     return dict(first_ms=one, times_ms=[epoch_ms], steps=steps, pure_steps_ms=pure_ms,
