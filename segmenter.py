@@ -72,6 +72,9 @@ def build_parser():
     t.add_argument("--amp", choices=AMP_MODES, default="fp32",
                    help="mixed precision: bf16 on CPUs with avx512_bf16, fp16 on GPUs "
                         "(default fp32)")
+    t.add_argument("--fast-norm", action="store_true",
+                   help="layer norm with a faster backward pass: the same function and "
+                        "checkpoints, about 10%% faster training steps, more memory")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop before an epoch that would end after this many minutes (default: none)")
     t.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
@@ -125,7 +128,8 @@ def train_config(args):
         gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
         w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
-        num_workers=args.num_workers, amp=args.amp, log_images=args.log_images,
+        num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
+        log_images=args.log_images,
         histograms=not args.no_histograms, time_limit=args.time_limit)
 
 

@@ -98,16 +98,6 @@ def median(values):
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def use_fast_norm():
-    """Build layer-norm models with ``unet.fastnorm.LayerNorm`` (same function, faster backward).
-
-    ``unet.blocks.make_norm`` has no switch for it yet, so the benchmark swaps the factory.
-    """
-    from unet import blocks, fastnorm
-    original = blocks.make_norm
-    blocks.make_norm = lambda norm: fastnorm.LayerNorm() if norm == "layer" else original(norm)
-
-
 def model_config(spec, size):
     from unet.config import ModelConfig
     return ModelConfig(in_channels=spec["channels"], image_size=size, norm=spec["norm"],
@@ -156,7 +146,7 @@ def build_net(spec, size, amp_init):
         from unet.precision import init_amp
         init_amp("bf16")
     cfg = model_config(spec, size)
-    net = build_unet(cfg)
+    net = build_unet(cfg, fast_norm=spec["fast_norm"])
     net.initialize(initializer(), ctx=mx.cpu())
     if spec["static"]:
         net.hybridize(static_alloc=True, static_shape=True)
@@ -306,7 +296,7 @@ def run_epoch(spec):
                               data_dir=data, checkpoint_file=os.path.join(folder, name, "u.params"),
                               log_dir=os.path.join(folder, name, "logs"), batch_size=spec["batch"],
                               num_epochs=epochs, epoch_size=count, num_workers=spec["workers"],
-                              amp=spec["amp"], seed=0)
+                              amp=spec["amp"], fast_norm=spec["fast_norm"], seed=0)
             start = time.perf_counter()
             train(cfg)
             return (time.perf_counter() - start) * 1e3
@@ -331,8 +321,6 @@ def child(spec):
     sys.path.insert(0, str(ROOT))
     import cv2
     cv2.setNumThreads(0)
-    if spec["fast_norm"]:
-        use_fast_norm()
     row = {k: spec[k] for k in ("task", "size", "channels", "batch")}
     row["variant"] = variant_name(spec)
     needed = NEEDS.get(spec["task"])

@@ -5,7 +5,7 @@ import pytest
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from unet import blocks, fastnorm
+from unet import fastnorm
 from unet.config import ModelConfig
 from unet.model import build_unet, initializer
 
@@ -74,46 +74,38 @@ def test_parameters_match_nn_layernorm():
     assert "in_channels=9" in repr(fast)
 
 
-@pytest.fixture
-def fast_unet(monkeypatch):
-    """Build U-Nets whose layer norms are fastnorm.LayerNorm (as a --fast-norm switch would)."""
-    original = blocks.make_norm
-    monkeypatch.setattr(blocks, "make_norm",
-                        lambda norm: fastnorm.LayerNorm() if norm == "layer" else original(norm))
-
-
-def tiny_unet(size=32):
-    net = build_unet(ModelConfig(in_channels=1, base_channels=4, depth=2, image_size=size))
+def tiny_unet(size=32, fast=False):
+    """A tiny U-Net; ``fast`` builds its layer norms with fastnorm (``--fast-norm``)."""
+    net = build_unet(ModelConfig(in_channels=1, base_channels=4, depth=2, image_size=size),
+                     fast_norm=fast)
     net.initialize(initializer())
     return net
 
 
-def test_checkpoint_of_standard_model_loads_and_gives_same_output(tmp_path, request):
+def test_checkpoint_of_standard_model_loads_and_gives_same_output(tmp_path):
     x = mx.nd.random.uniform(shape=(2, 1, 32, 32))
     standard = tiny_unet()
     expected = standard(x).asnumpy()
     path = str(tmp_path / "standard.params")
     standard.save_parameters(path)
-    request.getfixturevalue("fast_unet")
-    fast = tiny_unet()
+    fast = tiny_unet(fast=True)
     assert any(isinstance(b, fastnorm.LayerNorm) for b in fast.stem._children.values())
     fast.load_parameters(path)                       # same names and shapes, strict loading
     fast.hybridize(static_alloc=True, static_shape=True)
     np.testing.assert_allclose(fast(x).asnumpy(), expected, atol=1e-4)
 
 
-def test_summary_table_is_identical(capsys, request):
+def test_summary_table_is_identical(capsys):
     x = mx.nd.zeros((1, 1, 32, 32))
     tiny_unet().summary(x)
     standard = capsys.readouterr().out
-    request.getfixturevalue("fast_unet")
-    tiny_unet().summary(x)
+    tiny_unet(fast=True).summary(x)
     assert capsys.readouterr().out == standard
     assert "LayerNorm-" in standard
 
 
-def test_hybridized_before_first_call_infers_shapes(fast_unet):
-    net = tiny_unet(64)
+def test_hybridized_before_first_call_infers_shapes():
+    net = tiny_unet(64, fast=True)
     net.hybridize(static_alloc=True, static_shape=True)
     with autograd.record():
         out = net(mx.nd.ones((1, 1, 64, 64)))

@@ -19,16 +19,20 @@ class UNet(nn.HybridSequential):
     config : ModelConfig, default ``ModelConfig()``
         See :class:`unet.config.ModelConfig`. With ``norm='layer'`` the network is bound to inputs
         of width ``config.image_size``: LayerNorm's parameters have the width's shape.
+    fast_norm : bool, default False
+        Build layer norms with :mod:`unet.fastnorm`: the same function and parameters (a
+        checkpoint loads either way), a faster backward pass, more training memory.
 
     Input ``(N, in_channels, H, W)`` with H and W multiples of ``2**depth``; output
     ``(N, num_classes, H, W)`` unnormalized class scores.
     """
 
-    def __init__(self, config=None, **kwargs):
+    def __init__(self, config=None, fast_norm=False, **kwargs):
         super().__init__(**kwargs)
         self.config = config = config or ModelConfig()
         c = config.base_channels
-        opts = dict(norm=config.norm, residual=config.residual, dropout=config.dropout)
+        opts = dict(norm=config.norm, residual=config.residual, dropout=config.dropout,
+                    fast_norm=fast_norm)
         with self.name_scope():
             self.stem = BaseConvBlock(config.in_channels, c, **opts)
             self.down = []
@@ -78,9 +82,9 @@ class UNet(nn.HybridSequential):
         return self.head(x)                          # (N, num_classes, H, W)
 
 
-def build_unet(config=None, **kwargs):
+def build_unet(config=None, fast_norm=False, **kwargs):
     """A new, uninitialized :class:`UNet`; initialize it with :func:`initializer`."""
-    return UNet(config or ModelConfig(), **kwargs)
+    return UNet(config or ModelConfig(), fast_norm=fast_norm, **kwargs)
 
 
 def initializer():

@@ -177,7 +177,7 @@ class _Run:
 
     def _build_network(self, kvstore):
         cfg = self.cfg
-        self.net = build_unet(self.model_cfg)
+        self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm)
         self.net.initialize(initializer(), ctx=self.ctx)
         self.net.hybridize(static_alloc=True, static_shape=True)
         kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}

@@ -47,6 +47,7 @@ class TrainConfig:
     augment: bool = True
     num_workers: int = 2
     amp: str = "fp32"
+    fast_norm: bool = False
     log_images: int = 3
     histograms: bool = True
     time_limit: Optional[float] = None
