@@ -2,23 +2,11 @@
 ``error:`` line and a non-zero exit code, never a traceback; valid odd files (16-bit, RGBA,
 palette, 1x1, names with spaces or non-UTF-8 bytes) work and give the 8-bit file's result; no
 pickle in a checkpoint is ever executed."""
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from script_loader import load_reliability_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "reliability", os.path.join(ROOT, "scripts", "reliability.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reliability = load_script()
+reliability = load_reliability_script()
 
 
 @pytest.fixture(scope="module")

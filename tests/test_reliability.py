@@ -2,7 +2,6 @@
 on the same files), at most the epoch in progress is lost, no checkpoint is, and the user gets
 one line saying what happened."""
 import errno
-import importlib.util
 import os
 import resource
 import shutil
@@ -15,21 +14,14 @@ import pytest
 import segmenter
 import unet.train
 from unet import checkpoint as ckpt
+from script_loader import load_reliability_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--base-channels", "4", "--depth", "2", "--image-size", "32", "--norm", "batch",
         "--batch-size", "4", "--num-workers", "0", "--log-images", "0", "--no-histograms"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "reliability", os.path.join(ROOT, "scripts", "reliability.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reliability = load_script()
+reliability = load_reliability_script()
 
 
 @pytest.fixture(scope="module")

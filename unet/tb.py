@@ -7,6 +7,7 @@ same folder, or TensorBoard purges the later events (see the MXNet notes, sectio
 """
 import logging
 import os
+import secrets
 import time
 
 import numpy as np
@@ -15,8 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def new_run_name():
-    """A run folder name that two runs started at once never share: time and pid."""
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    """A run folder name that two runs never share: time, pid, and a random token (two runs of
+    one process can start within the same second)."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 class TrainingLog:
