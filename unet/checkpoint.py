@@ -239,11 +239,14 @@ def load_parameters(net, path, ctx):
     try:
         net.load_parameters(os.fspath(path), ctx=ctx)
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
-        raise InputError(f"checkpoint {path} does not fit the network: {_reason(exc)}") from None
+        raise InputError(f"checkpoint {path} does not fit the network: {error_reason(exc)}") from None
 
 
-def _reason(exc):
-    """MXNet's errors carry a C++ traceback; the last line is the one that says what."""
+def error_reason(exc):
+    """One line for ``exc``: an OSError's strerror, else the last line of its message (MXNet's
+    errors carry a C++ traceback; the last line is the one that says what)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 
@@ -283,7 +286,7 @@ def load_training_state(net, trainer, path, optimizer=None):
             load_optimizer_state(trainer, states_path, state)
         except (KeyError, ValueError, mx.base.MXNetError) as exc:
             raise InputError(f"optimizer state {states_path} does not fit: "
-                             f"{_reason(exc)}") from None
+                             f"{error_reason(exc)}") from None
     return meta
 
 

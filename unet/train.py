@@ -24,6 +24,7 @@ from .dataset import SegmentationDataset, make_loader
 from .distributed import (create_kvstore, finish, shard_indices, sync_initial_params,
                           trainer_kwargs)
 from .errors import InputError, TrainingDiverged
+from .inference import contexts as device_contexts
 from .lock import RunLock
 from .losses import SegmentationLoss
 from .model import build_unet, initializer
@@ -55,8 +56,9 @@ def seed_everything(seed):
 
 
 def contexts(cfg):
+    """The GPUs of ``--gpu-id`` (checked as in inference), else ``cpu_contexts`` CPU contexts."""
     if cfg.gpu_ids:
-        return [mx.gpu(i) for i in cfg.gpu_ids]
+        return device_contexts(cfg.gpu_ids)
     return [mx.cpu(i) for i in range(cfg.cpu_contexts)]
 
 
@@ -324,10 +326,9 @@ class _Saver:
             if best:
                 ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"))
         except (OSError, mx.base.MXNetError) as exc:
-            # MXNet's writer reports a full disk as MXNetError; its last line says what.
-            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+            # MXNet's writer reports a full disk as MXNetError, not OSError.
             raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
-                             f"{reason}; the previous checkpoint is kept") from None
+                             f"{ckpt.error_reason(exc)}; the previous checkpoint is kept") from None
 
 
 def _jsonable(obj):
