@@ -10,6 +10,8 @@
 #   OUT_DIR    checkpoint, TensorBoard logs and predictions [runs/isbi_recipe]
 #   THRESHOLD  cell-probability threshold of the evaluation [0.5]
 #   TTA        1: average the 8 flips/rotations at evaluation, 0: single pass [1]
+#   SPLIT_CELLS 1: separate touching cells by a seeded watershed (evaluate.py --split-cells),
+#              0: threshold only, as the reference [1]
 #   PYTHON     interpreter [.venv/bin/python]
 # Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
 # error, Dice, IoU, adapted Rand error per validate slice and mean) and overlays beside the masks.
@@ -19,8 +21,9 @@ data_dir="${DATA_DIR:-../shared/data/isbi2012}"
 out_dir="${OUT_DIR:-runs/isbi_recipe}"
 threshold="${THRESHOLD:-0.5}"
 python="${PYTHON:-.venv/bin/python}"
-tta=()
-[[ "${TTA:-1}" == 1 ]] && tta=(--tta)
+eval_flags=()
+[[ "${TTA:-1}" == 1 ]] && eval_flags+=(--tta)
+[[ "${SPLIT_CELLS:-1}" == 1 ]] && eval_flags+=(--split-cells)
 # 2 threads for the 2 cores of a quiet machine; where other jobs share the cores, OMP_NUM_THREADS=1
 # is up to 4x faster (threads spin waiting for each other; docs/quality.md).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
@@ -33,4 +36,4 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
     --time-limit 55 --no-histograms --log-images 1 "$@"
 "$python" evaluate.py --data-dir "$data_dir" --split validate \
     --network-param "$out_dir/unet.params" --output "$out_dir/predictions" \
-    --threshold "$threshold" "${tta[@]}" --overlay --probabilities npy --no-progress
+    --threshold "$threshold" "${eval_flags[@]}" --overlay --probabilities npy --no-progress

@@ -17,6 +17,7 @@ from .data import Normalization, match_channels
 from .errors import InputError
 from .imageio import display_path, read_image, write_png
 from .masks import MaskEncoding
+from .postprocess import split_cells
 from .tiling import predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -92,11 +93,19 @@ class Segmenter:
         Foreground probability threshold of a binary model.
     overlap : int, default None
         Tile overlap in pixels; None means a quarter tile.
+    cell_splitting : unet.postprocess.CellSplitting, default None
+        Separate touching cells of a binary model (:func:`unet.postprocess.split_cells`);
+        None thresholds only, as the reference does.
     """
 
-    def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None):
+    def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None,
+                 cell_splitting=None):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        if cell_splitting is not None and int(meta["model"]["num_classes"]) != 2:
+            raise InputError(f"splitting cells needs a binary model; this one has "
+                             f"{meta['model']['num_classes']} classes")
+        self.cell_splitting = cell_splitting
         self.net, self.meta = net, meta
         self.ctx = ctx if ctx is not None else mx.cpu()
         self.batch_size, self.tta = batch_size, tta
@@ -129,7 +138,11 @@ class Segmenter:
         probabilities = predict_probabilities(
             self.net, self.normalization.apply(image), self.tile_size, ctx=self.ctx,
             batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
-        classes = classes_from_probabilities(probabilities, self.threshold)
+        if self.cell_splitting is None:
+            classes = classes_from_probabilities(probabilities, self.threshold)
+        else:
+            classes = split_cells(probabilities[1], self.threshold,
+                                  self.cell_splitting).astype(np.int32)
         return Prediction(probabilities, classes, self.encoding.encode(classes))
 
 
