@@ -309,3 +309,16 @@ def test_sigterm_to_the_launcher_stops_the_cluster():
     assert "received SIGTERM; stopping the cluster" in log_text
     assert "[worker 0] state saved" in out
     _assert_cluster_gone(log_text, 3)
+
+
+def test_ssh_config_goes_to_every_ssh_and_must_exist(tmp_path, capsys):
+    nodes = launch.ssh_nodes([("node-a", "22")], 1, 1, ["python"], 9000, "10.1.2.3", "/p",
+                             ssh_config="/etc/cluster/ssh_config")
+    for node in nodes[1:]:
+        assert node.argv[:3] == ("ssh", "-F", "/etc/cluster/ssh_config")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a\n")
+    code = launch.main(["-n", "1", "--launcher", "ssh", "-H", str(hosts), "--host-ip",
+                        "127.0.0.1", "--ssh-config", str(tmp_path / "nope"), "python"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nope: no such ssh configuration file" in err[0]

@@ -118,14 +118,14 @@ def read_hostfile(path):
 
 
 def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=None,
-              python=sys.executable, environ=None):
+              python=sys.executable, environ=None, ssh_config=None):
     """The cluster over ssh: scheduler here, servers then workers round-robin over ``hosts``.
 
     Builds the command lines only, runs nothing. ``host_ip`` is this machine's address as the
     hosts reach it (the scheduler's ``DMLC_PS_ROOT_URI``); each remote process binds the address
     its host is named by in the hosts file (``DMLC_NODE_HOST``). The few variables of
     ``FORWARDED_ENV`` that are set in ``environ`` (default ``os.environ``) and ``env`` are
-    passed on.
+    passed on. ``ssh_config`` is an ssh configuration file (``ssh -F``) in place of the user's.
     """
     environ = os.environ if environ is None else environ
     shared = {**{k: environ[k] for k in FORWARDED_ENV if k in environ}, **(env or {}),
@@ -139,7 +139,8 @@ def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=
         remote_env = {**shared, "DMLC_ROLE": role, "DMLC_NODE_HOST": host}
         assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in remote_env.items())
         remote = f"cd {shlex.quote(cwd)} && exec env {assignments} {shlex.join(argv)}"
-        ssh = ("ssh", "-tt", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
+        config = ("-F", ssh_config) if ssh_config else ()
+        ssh = ("ssh", *config, "-tt", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
                "-p", ssh_port, host, remote)
         nodes.append(Node(role, index, ssh, {}))
     return nodes
@@ -322,6 +323,9 @@ def parse_args(argv=None):
     parser.add_argument("-H", "--hostfile", help="ssh: hosts, one 'host [port]' a line")
     parser.add_argument("--host-ip", help="ssh: this machine's address as the hosts reach it "
                         "(default: what its name resolves to)")
+    parser.add_argument("--ssh-config", metavar="FILE",
+                        help="ssh: configuration file for ssh (ssh -F FILE: user, identity file, "
+                             "known hosts) in place of ~/.ssh/config")
     parser.add_argument("--port", type=int, help="scheduler port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping (default: 10)")
@@ -343,6 +347,15 @@ def parse_args(argv=None):
     if args.timeout <= 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
     return args
+
+
+def _free_port_on(address):
+    """A free port on ``address`` (the scheduler binds it), or on any address where
+    ``address`` is not this machine's own (behind NAT)."""
+    try:
+        return free_port(address)
+    except OSError:
+        return free_port("0.0.0.0")
 
 
 def _this_host_ip():
@@ -367,9 +380,11 @@ def main(argv=None):
         else:
             hosts = read_hostfile(args.hostfile)
             host_ip = args.host_ip or _this_host_ip()
-            port = args.port or free_port("0.0.0.0")
+            port = args.port or _free_port_on(host_ip)
+            if args.ssh_config and not os.path.isfile(args.ssh_config):
+                raise InputError(f"{args.ssh_config}: no such ssh configuration file")
             nodes = ssh_nodes(hosts, args.num_workers, args.num_servers, args.command, port,
-                              host_ip, os.getcwd(), env)
+                              host_ip, os.getcwd(), env, ssh_config=args.ssh_config)
         return run_cluster(nodes, args.timeout)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
