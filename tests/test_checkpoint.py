@@ -331,3 +331,27 @@ def test_run_lock_held_by_another_process(tmp_path):
         holder.wait(timeout=30)
     with RunLock(lock_path, "run folder"):        # the lock died with its process
         assert open(lock_path).read().strip() == str(os.getpid())
+
+
+def test_best_shares_the_last_file_and_stays_whole_when_last_moves_on(make_net, make_meta,
+                                                                     tmp_path, monkeypatch):
+    net, trainer = trained(make_net, 1)
+    last, best = str(tmp_path / "u-last.params"), str(tmp_path / "u.params")
+    last_meta = ckpt.save_checkpoint(net, last, make_meta(net.config), trainer)
+    ckpt.save_checkpoint(net, best, make_meta(net.config),
+                         same_weights_as=(last, last_meta["params_sha256"]))
+    assert os.stat(best).st_ino == os.stat(last).st_ino       # linked, not written again
+    expected = output(ckpt.load_for_inference(best)[0])
+    train_steps(net, trainer, 2, start=1)                      # the last checkpoint moves on
+    ckpt.save_checkpoint(net, last, make_meta(net.config, global_step=3), trainer)
+    assert os.stat(best).st_ino != os.stat(last).st_ino
+    np.testing.assert_array_equal(output(ckpt.load_for_inference(best)[0]), expected)
+    assert not np.allclose(output(ckpt.load_for_inference(last)[0]), expected)
+    # Where hard links fail (some network file systems), the weights are written instead.
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links")))
+    other = str(tmp_path / "v.params")
+    ckpt.save_checkpoint(net, other, make_meta(net.config), same_weights_as=(last, "unused"))
+    assert ckpt.read_meta(other)["params_sha256"] == ckpt.sha256_file(other)
+    np.testing.assert_array_equal(output(ckpt.load_for_inference(other)[0]),
+                                  output(ckpt.load_for_inference(last)[0]))
+    assert leftovers(tmp_path) == []

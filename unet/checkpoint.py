@@ -62,11 +62,14 @@ def library_versions():
             "python": platform.python_version()}
 
 
-def save_checkpoint(net, path, meta, trainer=None):
+def save_checkpoint(net, path, meta, trainer=None, same_weights_as=None):
     """Write weights (and the optimizer state when ``trainer`` is given) and the JSON, atomically.
 
     ``meta`` is any JSON-able dict; ``format``, ``versions``, ``saved_at`` and the sha256 sums are
-    added. Raises ``OSError`` when a write fails; the previous checkpoint is then still whole.
+    added. ``same_weights_as``: ``(params path, sha256)`` of a committed checkpoint that holds
+    ``net``'s current weights; its file is hard-linked instead of written again where the file
+    system allows. Raises ``OSError`` when a write fails; the previous checkpoint is then still
+    whole.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -85,8 +88,11 @@ def save_checkpoint(net, path, meta, trainer=None):
                                            sha256=sha256_file(states_path))
         pending = meta_path(path) + ".pending"
         with atomic_path(path) as tmp:
-            net.save_parameters(tmp)
-            meta["params_sha256"] = sha256_file(tmp)
+            if _link_weights(same_weights_as, tmp):
+                meta["params_sha256"] = same_weights_as[1]
+            else:
+                net.save_parameters(tmp)
+                meta["params_sha256"] = sha256_file(tmp)
             write_json(pending, meta)
             faults.point("checkpoint.params_written")
         params_renamed = True
@@ -109,6 +115,22 @@ def save_checkpoint(net, path, meta, trainer=None):
         except OSError:
             pass
     return meta
+
+
+def _link_weights(source, tmp):
+    """Hard-link ``source[0]`` onto the empty temporary file ``tmp``; False where not possible.
+
+    Every checkpoint file is replaced by a rename, never rewritten, so two names of one inode
+    stay independent: the next save of one of them gives it a new inode.
+    """
+    if source is None:
+        return False
+    try:
+        os.remove(tmp)
+        os.link(source[0], tmp)
+    except OSError:
+        return False
+    return True
 
 
 def _finish_interrupted_commit(path):

@@ -10,9 +10,12 @@ import os
 import secrets
 import time
 
+import mxnet as mx
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+HISTOGRAM_SAMPLES = 2 ** 18
 
 
 def new_run_name():
@@ -54,16 +57,27 @@ class TrainingLog:
         self.writer.add_image(tag, panel, global_step=step)
 
     def histograms(self, net, step):
-        """Weights, and gradients of the parameters that have one (``grad_req != 'null'``)."""
+        """Weights, and gradients of the parameters that have one (``grad_req != 'null'``).
+
+        A tensor of more than ``HISTOGRAM_SAMPLES`` values is histogrammed over that many evenly
+        strided values: the same distribution for a fraction of the cost (all 36M values of the
+        default model took about 1 s an epoch on 2 cores).
+        """
         if self.writer is None:
             return
         for name, param in net.collect_params().items():
-            data = param.list_data()[0].asnumpy().astype(np.float32).ravel()
-            self.writer.add_histogram(f"weights/{name}", data, bins=64, global_step=step)
+            self._histogram(f"weights/{name}", param.list_data()[0], step)
             if param.grad_req != "null":
-                grad = param.list_grad()[0].asnumpy().astype(np.float32).ravel()
-                if np.isfinite(grad).all():
-                    self.writer.add_histogram(f"grads/{name}", grad, bins=64, global_step=step)
+                self._histogram(f"grads/{name}", param.list_grad()[0], step)
+
+    def _histogram(self, tag, array, step):
+        flat = array.reshape(-1)
+        stride = -(-flat.size // HISTOGRAM_SAMPLES)
+        if stride > 1:
+            flat = mx.nd.slice(flat, begin=(0,), end=(None,), step=(stride,))
+        values = flat.asnumpy().astype(np.float32)
+        if np.isfinite(values).all():
+            self.writer.add_histogram(tag, values, bins=64, global_step=step)
 
     def text(self, tag, text, step):
         if self.writer is not None:

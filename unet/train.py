@@ -324,7 +324,9 @@ class _Saver:
                 self.net, ckpt.last_path(self.cfg.checkpoint_file), dict(meta, kind="last"),
                 self.trainer)
             if best:
-                ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"))
+                last = (ckpt.last_path(self.cfg.checkpoint_file), self.last_meta["params_sha256"])
+                ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"),
+                                     same_weights_as=last)
         except (OSError, mx.base.MXNetError) as exc:
             # MXNet's writer reports a full disk as MXNetError, not OSError.
             raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
