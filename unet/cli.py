@@ -2,6 +2,7 @@
 one line on stderr with an exit code (2 bad input, 3 diverged training, 130 interrupted)."""
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -45,6 +46,22 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt
+
+
+def _calm_forked_child():
+    """In a process forked under :func:`run_guarded` (the data loader's workers): SIGTERM kills
+    quietly and Ctrl-C is left to the parent.
+
+    The parent's pool terminates its workers with SIGTERM at the end of every epoch, and a
+    terminal sends Ctrl-C to the whole process group; with the inherited handlers every worker
+    would print a KeyboardInterrupt traceback. The parent alone saves and reports.
+    """
+    if signal.getsignal(signal.SIGTERM) is _terminate:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+os.register_at_fork(after_in_child=_calm_forked_child)
 
 
 def run_guarded(body):
