@@ -322,3 +322,11 @@ def test_ssh_config_goes_to_every_ssh_and_must_exist(tmp_path, capsys):
                         "127.0.0.1", "--ssh-config", str(tmp_path / "nope"), "python"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope: no such ssh configuration file" in err[0]
+
+
+def test_the_launcher_does_not_import_mxnet():
+    code = ("import sys, unet.launch; print('mxnet' in sys.modules); "
+            "from unet import *; print(UNet.__name__, 'mxnet' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=HARD_TIMEOUT)
+    assert run.stdout.split() == ["False", "UNet", "True"], run.stderr

@@ -1,9 +1,22 @@
-"""unet: a U-Net segmentation toolkit on MXNet Gluon, faithful to the reference implementation."""
-from .blocks import BaseConvBlock, DownSampleBlock, UpsampleConvLayer
-from .config import ModelConfig
-from .errors import InputError
-from .model import UNet, build_unet, count_parameters, initializer
+"""unet: a U-Net segmentation toolkit on MXNet Gluon, faithful to the reference implementation.
+
+The names below are imported on first use, so that ``python -m unet.launch`` and the other
+modules that need no network start without importing MXNet (about 1.4 s).
+"""
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["BaseConvBlock", "DownSampleBlock", "UpsampleConvLayer", "ModelConfig", "InputError",
-           "UNet", "build_unet", "count_parameters", "initializer", "__version__"]
+_EXPORTS = {"BaseConvBlock": "blocks", "DownSampleBlock": "blocks", "UpsampleConvLayer": "blocks",
+            "ModelConfig": "config", "InputError": "errors", "UNet": "model",
+            "build_unet": "model", "count_parameters": "model", "initializer": "model"}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
