@@ -138,11 +138,11 @@ def test_checkpoint_folder_removed_mid_run(tmp_path, data, monkeypatch, capsys):
     real = ckpt.save_checkpoint
     calls = []
 
-    def save(net, path, meta, trainer=None):
+    def save(net, path, meta, trainer=None, **options):
         calls.append(path)
         if len(calls) == 3:  # epoch 2's last checkpoint: the folder is gone
             shutil.rmtree(os.path.dirname(path))
-        return real(net, path, meta, trainer)
+        return real(net, path, meta, trainer, **options)
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
     assert segmenter.main(argv(data, tmp_path, 2)) == 2
     (line,) = error_lines(capsys)
