@@ -32,7 +32,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
     --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" \
     --image-size 256 --base-channels 16 --depth 4 --norm batch \
     --batch-size 2 --epoch-size 300 --num-epochs 100 --num-workers 1 \
-    --optimizer adam --learning-rate 0.001 --lr-decay 0.3 --lr-decay-epoch 10,14 \
+    --optimizer adam --learning-rate 0.001 --lr-decay 0.3 --lr-decay-epoch 20,28 \
     --time-limit 55 --no-histograms --log-images 1 "$@"
 "$python" evaluate.py --data-dir "$data_dir" --split validate \
     --network-param "$out_dir/unet.params" --output "$out_dir/predictions" \
