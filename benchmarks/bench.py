@@ -54,7 +54,13 @@ def machine_info():
         mxnet = None
     return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
             "python": platform.python_version(), "mxnet": mxnet,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS") or _default_threads()}
+
+
+def _default_threads():
+    sys.path.insert(0, str(ROOT))
+    from unet.threads import physical_cores
+    return f"{physical_cores()} (unset: unet's default, one per physical core)"
 
 
 def machine_line(info):
@@ -373,6 +379,11 @@ def child_env(spec):
         env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] = "1"
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
+    elif not env.get("OMP_NUM_THREADS"):
+        # What segmenter.py and evaluate.py run with (unet.threads); the rows import mxnet first.
+        sys.path.insert(0, str(ROOT))
+        from unet.threads import physical_cores
+        env["OMP_NUM_THREADS"] = str(physical_cores())
     for item in spec["env"]:
         key, _, value = item.partition("=")
         env[key] = value
@@ -466,7 +477,9 @@ def build_parser():
     g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")
     g.add_argument("--no-static", dest="static", action="store_false",
                    help="hybridize without static_alloc/static_shape")
-    g.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS (default: unset)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS (default: the environment's, else one per physical core "
+                        "as segmenter.py and evaluate.py use)")
     g.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the child processes, e.g. MALLOC_ARENA_MAX=2")
     g = p.add_argument_group("model and data")

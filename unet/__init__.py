@@ -1,9 +1,15 @@
 """unet: a U-Net segmentation toolkit on MXNet Gluon, faithful to the reference implementation.
 
 The names below are imported on first use, so that ``python -m unet.launch`` and the other
-modules that need no network start without importing MXNet (about 1.4 s).
+modules that need no network start without importing MXNet (about 1.4 s). Importing the package
+sets ``OMP_NUM_THREADS`` to the number of physical cores where it is unset (``unet.threads``):
+import ``unet`` before ``mxnet``.
 """
 import importlib
+
+from .threads import default_omp_threads
+
+default_omp_threads()
 
 __version__ = "0.1.0"
 _EXPORTS = {"BaseConvBlock": "blocks", "DownSampleBlock": "blocks", "UpsampleConvLayer": "blocks",

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from .cli import OneLineParser
 from .errors import InputError
+from .threads import user_environ
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def cluster_env(root_uri, root_port, num_workers, num_servers):
 
 def local_nodes(num_workers, num_servers, command, port, env=None, python=sys.executable):
     """Scheduler, servers and workers on 127.0.0.1; ``env`` is added to every process."""
-    base = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {}),
+    base = {"OMP_NUM_THREADS": user_environ().get("OMP_NUM_THREADS", "1"), **(env or {}),
             **cluster_env("127.0.0.1", port, num_workers, num_servers),
             "DMLC_NODE_HOST": "127.0.0.1"}  # without it ps-lite binds a non-loopback interface
     server = (python, "-c", SERVER_CODE)
@@ -127,7 +128,7 @@ def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=
     ``FORWARDED_ENV`` that are set in ``environ`` (default ``os.environ``) and ``env`` are
     passed on. ``ssh_config`` is an ssh configuration file (``ssh -F``) in place of the user's.
     """
-    environ = os.environ if environ is None else environ
+    environ = user_environ() if environ is None else environ
     shared = {**{k: environ[k] for k in FORWARDED_ENV if k in environ}, **(env or {}),
               **cluster_env(host_ip, port, num_workers, num_servers)}
     server = (python, "-c", SERVER_CODE)
