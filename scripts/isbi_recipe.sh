@@ -24,9 +24,9 @@ python="${PYTHON:-.venv/bin/python}"
 eval_flags=()
 [[ "${TTA:-1}" == 1 ]] && eval_flags+=(--tta)
 [[ "${SPLIT_CELLS:-1}" == 1 ]] && eval_flags+=(--split-cells)
-# 2 threads for the 2 cores of a quiet machine; where other jobs share the cores, OMP_NUM_THREADS=1
-# is up to 4x faster (threads spin waiting for each other; docs/quality.md).
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# One OpenMP thread per physical core unless OMP_NUM_THREADS is set (unet/threads.py); where
+# other jobs share the cores, OMP_NUM_THREADS=1 is up to 4x faster (threads spin waiting for each
+# other; docs/quality.md).
 
 "$python" segmenter.py --data-dir "$data_dir" \
     --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" \
