@@ -273,3 +273,19 @@ def test_keyboard_interrupt_exits_130(tmp_path, capsys, checkpoint, monkeypatch)
     image = write(tmp_path / "x.png", blobs(32, 32, 0)[0])
     code, _, err = run(capsys, "--image", image, "--network-param", checkpoint)
     assert code == 130 and err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_bf16_inference_agrees_with_fp32(tmp_path, capsys, checkpoint):
+    dataset(tmp_path / "data", [(40, 56), (64, 31)], masked={0, 1})
+    masks = {}
+    for amp in ("fp32", "bf16"):
+        out = tmp_path / amp
+        code, _, err = run(capsys, "--data-dir", tmp_path / "data", "--network-param", checkpoint,
+                           "--output", out, "--amp", amp, "--probabilities", "npy")
+        assert code == 0, err
+        masks[amp] = [np.load(out / f"img{i}_prob.npy") for i in (0, 1)]
+    for fp32, bf16 in zip(masks["fp32"], masks["bf16"]):
+        assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+        assert np.abs(bf16 - fp32).mean() < 0.02
+        assert ((bf16 >= 0.5) == (fp32 >= 0.5)).mean() > 0.98
+        assert not np.array_equal(bf16, fp32)   # it really ran in bfloat16

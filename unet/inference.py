@@ -18,6 +18,7 @@ from .errors import InputError
 from .imageio import display_path, read_image, write_png
 from .masks import MaskEncoding
 from .postprocess import split_cells
+from .precision import bf16_inference_network
 from .tiling import predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -96,10 +97,12 @@ class Segmenter:
     cell_splitting : unet.postprocess.CellSplitting, default None
         Separate touching cells of a binary model (:func:`unet.postprocess.split_cells`);
         None thresholds only, as the reference does.
+    amp : {'fp32', 'bf16'}, default 'fp32'
+        'bf16' runs a bfloat16 copy of the network (CPU only; fast on CPUs with avx512_bf16).
     """
 
     def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None,
-                 cell_splitting=None):
+                 cell_splitting=None, amp="fp32"):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
         if cell_splitting is not None and int(meta["model"]["num_classes"]) != 2:
@@ -117,6 +120,14 @@ class Segmenter:
         self.normalization = Normalization.from_dict(data["normalization"])
         self.encoding = MaskEncoding.from_dict(data["encoding"])
         net.hybridize(static_alloc=True)
+        self.forward_net = net  # what predict() runs; self.net stays float32 (export)
+        if amp == "bf16":
+            contexts = self.ctx if isinstance(self.ctx, (list, tuple)) else [self.ctx]
+            if any(c.device_type != "cpu" for c in contexts):
+                raise InputError("--amp bf16 runs on the CPU only; use fp32 on GPUs")
+            self.forward_net = bf16_inference_network(net, self.channels, self.tile_size)
+        elif amp != "fp32":
+            raise ValueError(f"amp must be 'fp32' or 'bf16', got {amp!r}")
 
     @classmethod
     def from_checkpoint(cls, params_path, ctx=None, **options):
@@ -136,7 +147,7 @@ class Segmenter:
         """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
         image = match_channels(image, self.channels, name)
         probabilities = predict_probabilities(
-            self.net, self.normalization.apply(image), self.tile_size, ctx=self.ctx,
+            self.forward_net, self.normalization.apply(image), self.tile_size, ctx=self.ctx,
             batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
         if self.cell_splitting is None:
             classes = classes_from_probabilities(probabilities, self.threshold)

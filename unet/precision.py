@@ -21,3 +21,17 @@ def init_amp(mode):
         amp.init(target_dtype="float16")
     else:
         raise ValueError(f"amp mode must be 'bf16' or 'fp16', got {mode!r}")
+
+
+def bf16_inference_network(net, in_channels, tile_size):
+    """A bfloat16 copy of the hybridized float32 ``net`` for inference on the CPU.
+
+    ``mxnet.contrib.amp.convert_hybrid_block`` converts the graph of the last forward pass, so
+    ``net`` is run once on a zero ``(1, in_channels, tile_size, tile_size)`` tile first. Outputs are
+    bfloat16 scores; cast them to float32 before the softmax (``unet.tiling`` does).
+    """
+    import mxnet as mx
+    from mxnet.contrib import amp
+    net(mx.nd.zeros((1, in_channels, tile_size, tile_size), ctx=mx.cpu()))
+    return amp.convert_hybrid_block(net, target_dtype="bfloat16", fp32_ops=amp_fp32_ops(),
+                                    ctx=mx.cpu())
