@@ -58,9 +58,13 @@ def machine_info():
 
 
 def _default_threads():
+    return f"{_physical_cores()} (unset: unet's default, one per physical core)"
+
+
+def _physical_cores():
     sys.path.insert(0, str(ROOT))
     from unet.threads import physical_cores
-    return f"{physical_cores()} (unset: unet's default, one per physical core)"
+    return physical_cores()
 
 
 def machine_line(info):
@@ -204,15 +208,12 @@ def run_train(spec):
 
 def prepare_infer_net(spec, size):
     """A ready inference net for the spec (bf16 conversion, oneDNN fusion) and its input."""
-    import mxnet as mx
     cfg, net = build_net(spec, size, amp_init=False)
     x, _, _ = inputs(spec, cfg, size)
     reference = net(x)
-    if spec["amp"] == "bf16":
-        from mxnet.contrib import amp
-        from unet.precision import amp_fp32_ops
-        net = amp.convert_hybrid_block(net, target_dtype="bfloat16", fp32_ops=amp_fp32_ops(),
-                                       ctx=mx.cpu())
+    if spec["amp"] == "bf16":   # as evaluate.py --amp bf16 does
+        from unet.precision import bf16_inference_network
+        net = bf16_inference_network(net, cfg.in_channels, size)
     if spec["fuse"]:
         net.optimize_for(x, backend="MKLDNN", static_alloc=spec["static"],
                          static_shape=spec["static"])
@@ -381,9 +382,7 @@ def child_env(spec):
         env["OMP_NUM_THREADS"] = str(spec["threads"])
     elif not env.get("OMP_NUM_THREADS"):
         # What segmenter.py and evaluate.py run with (unet.threads); the rows import mxnet first.
-        sys.path.insert(0, str(ROOT))
-        from unet.threads import physical_cores
-        env["OMP_NUM_THREADS"] = str(physical_cores())
+        env["OMP_NUM_THREADS"] = str(_physical_cores())
     for item in spec["env"]:
         key, _, value = item.partition("=")
         env[key] = value

@@ -10,6 +10,7 @@ drew stay as they are.
 This is an improvement over the reference, which only thresholds; ``evaluate.py --split-cells``
 turns it on.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,8 +45,7 @@ class CellSplitting:
             raise ValueError(f"min hole size must be >= 0 pixels, got {self.min_hole_size!r}")
 
     def to_dict(self):
-        return {"seed_threshold": self.seed_threshold, "min_seed_size": self.min_seed_size,
-                "min_hole_size": self.min_hole_size}
+        return dataclasses.asdict(self)
 
 
 def fill_membrane_specks(cells, max_size):
