@@ -155,10 +155,13 @@ def build_net(spec, size, amp_init):
     if amp_init:
         from unet.precision import init_amp
         init_amp("bf16")
+    if spec["recompute"]:   # as segmenter.py --recompute: before the first array
+        from unet.recompute import use_lean_allocator
+        use_lean_allocator()
     cfg = model_config(spec, size)
     net = build_unet(cfg, fast_norm=spec["fast_norm"])
     net.initialize(initializer(), ctx=mx.cpu())
-    if spec["static"]:
+    if spec["static"] and not spec["recompute"]:
         net.hybridize(static_alloc=True, static_shape=True)
     else:
         net.hybridize()
@@ -190,6 +193,14 @@ def run_train(spec):
     losses = []
 
     def step():
+        if spec["recompute"]:
+            from unet.recompute import forward_backward
+            scale = (lambda l: amp.scale_loss(l, trainer)) if bf16 else None
+            loss = forward_backward(net, loss_fn, x, y, w, scale_loss=scale)
+            trainer.step(spec["batch"])
+            losses.append(float(loss.mean().asscalar()))
+            mx.nd.waitall()
+            return
         with autograd.record():
             loss = loss_fn(net(x), y, w)
             if bf16:   # the scaling must be recorded too, or backward finds no graph
@@ -311,7 +322,8 @@ def run_epoch(spec):
                           data_dir=data, checkpoint_file=os.path.join(folder, "c", "u.params"),
                           log_dir=os.path.join(folder, "logs"), batch_size=spec["batch"],
                           num_epochs=3, epoch_size=count, num_workers=spec["workers"],
-                          amp=spec["amp"], fast_norm=spec["fast_norm"], seed=0)
+                          amp=spec["amp"], fast_norm=spec["fast_norm"],
+                          recompute=spec["recompute"], seed=0)
         start = time.perf_counter()
         training.train(cfg)
     epochs_ms = [(b - a) * 1e3 for a, b in zip(ends, ends[1:])]
@@ -360,8 +372,8 @@ def child(spec):
 
 def variant_name(spec):
     parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
-    parts += [flag for flag in ("fuse", "mirror") if spec[flag]]
-    if not spec["static"]:
+    parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
+    if not spec["static"] and not spec["recompute"]:
         parts.append("dynamic")
     if spec["threads"]:
         parts.append(f"omp{spec['threads']}")
@@ -408,7 +420,7 @@ def run_row(spec, timeout):
 
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
-        "amp", "norm", "fast_norm", "fuse", "mirror", "static", "threads", "env", "batch",
+        "amp", "norm", "fast_norm", "fuse", "mirror", "recompute", "static", "threads", "env", "batch",
         "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
         "tiled_image")}
     specs = []
@@ -474,6 +486,10 @@ def build_parser():
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
     g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")
+    g.add_argument("--recompute", action="store_true",
+                   help="training as segmenter.py --recompute: keep a few activations, "
+                        "recompute the rest in backward, no static_alloc, lean allocator "
+                        "(unet.recompute)")
     g.add_argument("--no-static", dest="static", action="store_false",
                    help="hybridize without static_alloc/static_shape")
     g.add_argument("--threads", type=int, default=0,

@@ -57,9 +57,15 @@ class BaseConvBlock(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         skip = self.proj(x) if self.residual else None
+        return self.second_half(F, self.first_half(F, x), skip)
+
+    def first_half(self, F, x):
+        """conv3x3 -> norm -> act -> [dropout]: ``(N, in, H, W)`` -> ``(N, out, H, W)``."""
         y = F.LeakyReLU(self.norm1(self.conv1(x)), act_type="leaky", slope=LEAKY_SLOPE)
-        if self.drop is not None:
-            y = self.drop(y)
+        return self.drop(y) if self.drop is not None else y
+
+    def second_half(self, F, y, skip):
+        """conv3x3 -> norm (+ ``skip``, the projected input, or None) -> act."""
         y = self.norm2(self.conv2(y))
         if skip is not None:
             y = y + skip

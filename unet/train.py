@@ -29,6 +29,7 @@ from .lock import RunLock
 from .losses import SegmentationLoss
 from .model import build_unet, initializer
 from .precision import init_amp
+from .recompute import forward_backward, use_lean_allocator
 from .tb import TrainingLog, new_run_name
 from .validation import validate
 
@@ -100,6 +101,8 @@ def train(cfg):
     loss, ``KeyboardInterrupt`` after saving the state when interrupted.
     """
     os.makedirs(os.path.dirname(os.path.abspath(cfg.checkpoint_file)), exist_ok=True)
+    if cfg.recompute:
+        use_lean_allocator()
     seed_everything(cfg.seed)
     if cfg.amp != "fp32":
         init_amp(cfg.amp)
@@ -181,7 +184,9 @@ class _Run:
         cfg = self.cfg
         self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm)
         self.net.initialize(initializer(), ctx=self.ctx)
-        self.net.hybridize(static_alloc=True, static_shape=True)
+        # A static CachedOp keeps all of its memory between steps: no use recomputing then.
+        static = not cfg.recompute
+        self.net.hybridize(static_alloc=static, static_shape=static)
         kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
         self.trainer = gluon.Trainer(self.net.collect_params(), cfg.optimizer,
                                      cfg.optimizer_params(), kvstore=kvstore, **kwargs)
@@ -279,15 +284,7 @@ def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_wo
         n = image.shape[0]
         parts = [split_batch(a, ctx) for a in (image, label, weight)] if len(ctx) > 1 else \
             [[mx.nd.array(a, ctx=ctx[0])] for a in (image, label, weight)]
-        with autograd.record():
-            losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
-            if cfg.amp != "fp32":
-                from mxnet.contrib import amp
-                # The loss scaling is a recorded multiplication: it must happen in record().
-                with amp.scale_loss(losses, trainer) as scaled:
-                    autograd.backward(scaled)
-            else:
-                autograd.backward(losses)
+        losses = _forward_backward(net, trainer, loss_fn, parts, cfg)
         trainer.step(n * num_workers)
         value = sum(float(l.sum().asscalar()) for l in losses) / n
         if not math.isfinite(value):
@@ -303,6 +300,28 @@ def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_wo
         bar.set_postfix(loss=f"{value:.4f}", img_s=f"{count / (time.time() - start):.1f}")
     bar.close()
     return total / max(count, 1), time.time() - start
+
+
+def _forward_backward(net, trainer, loss_fn, parts, cfg):
+    """Loss and gradients of one batch, ``parts`` = (images, labels, weights) per context;
+    returns the per-context losses."""
+    scale_loss = None
+    if cfg.amp != "fp32":
+        from mxnet.contrib import amp
+
+        def scale_loss(loss):
+            return amp.scale_loss(loss, trainer)
+    if cfg.recompute:
+        return [forward_backward(net, loss_fn, x, y, w, scale_loss) for x, y, w in zip(*parts)]
+    with autograd.record():
+        losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
+        if scale_loss is None:
+            autograd.backward(losses)
+        else:
+            # The loss scaling is a recorded multiplication: it must happen in record().
+            with scale_loss(losses) as scaled:
+                autograd.backward(scaled)
+    return losses
 
 
 class _Saver:

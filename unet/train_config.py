@@ -16,7 +16,7 @@ class TrainConfig:
 
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
     Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on, 2 loader
-    workers, fp32, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that
+    workers, fp32, no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that
     would be expected to end past it).
     """
 
@@ -48,6 +48,7 @@ class TrainConfig:
     num_workers: int = 2
     amp: str = "fp32"
     fast_norm: bool = False
+    recompute: bool = False
     log_images: int = 3
     histograms: bool = True
     time_limit: Optional[float] = None
@@ -82,6 +83,12 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}", self.amp),
             (self.amp != "fp16" or self.gpu_ids, "amp fp16 needs a GPU (--gpu-id); use bf16 on "
              "a CPU", self.amp),
+            (not (self.recompute and self.model.dropout > 0), "recompute cannot train a model "
+             "with dropout: the recomputed pass would draw another dropout mask",
+             self.model.dropout),
+            (not (self.recompute and self.amp != "fp32"), "recompute runs in fp32 only (with "
+             "mixed precision MXNet 1.9.1 fails the recomputed backward: 'Backward shape "
+             "inconsistent')", self.amp),
             (self.channels is None or self.channels in (1, 3), "channels must be 1 or 3",
              self.channels),
             (self.log_images >= 0, "log-images must be >= 0", self.log_images),
