@@ -78,7 +78,8 @@ def build_parser():
     t.add_argument("--recompute", action="store_true",
                    help="keep only a few activations and recompute the rest during backward: "
                         "about half the training memory for about 1.7x the step time (default "
-                        "model at 512x512: 2.7 GB instead of 5.4 GB); fp32 only, not with --dropout")
+                        "model at 512x512: 2.7 GB instead of 5.4 GB); fp32 only, not with "
+                        "--dropout")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop before an epoch that would end after this many minutes (default: none)")
     t.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")

@@ -195,8 +195,7 @@ def run_train(spec):
     def step():
         if spec["recompute"]:
             from unet.recompute import forward_backward
-            scale = (lambda l: amp.scale_loss(l, trainer)) if bf16 else None
-            loss = forward_backward(net, loss_fn, x, y, w, scale_loss=scale)
+            loss = forward_backward(net, loss_fn, x, y, w)
             trainer.step(spec["batch"])
             losses.append(float(loss.mean().asscalar()))
             mx.nd.waitall()
@@ -420,8 +419,8 @@ def run_row(spec, timeout):
 
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
-        "amp", "norm", "fast_norm", "fuse", "mirror", "recompute", "static", "threads", "env", "batch",
-        "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
+        "amp", "norm", "fast_norm", "fuse", "mirror", "recompute", "static", "threads", "env",
+        "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
         "tiled_image")}
     specs = []
     for task in args.task:
@@ -515,6 +514,8 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))), flush=True)
         return 0
+    if args.recompute and args.amp != "fp32":
+        parser.error("--recompute runs in fp32 only (as segmenter.py --recompute)")
     if args.quick:
         args.repeat, args.warmup = 3, 1
         args.size = args.size or [256]

@@ -305,22 +305,17 @@ def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_wo
 def _forward_backward(net, trainer, loss_fn, parts, cfg):
     """Loss and gradients of one batch, ``parts`` = (images, labels, weights) per context;
     returns the per-context losses."""
-    scale_loss = None
-    if cfg.amp != "fp32":
-        from mxnet.contrib import amp
-
-        def scale_loss(loss):
-            return amp.scale_loss(loss, trainer)
-    if cfg.recompute:
-        return [forward_backward(net, loss_fn, x, y, w, scale_loss) for x, y, w in zip(*parts)]
+    if cfg.recompute:       # fp32 only (TrainConfig checks it)
+        return [forward_backward(net, loss_fn, x, y, w) for x, y, w in zip(*parts)]
     with autograd.record():
         losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
-        if scale_loss is None:
-            autograd.backward(losses)
-        else:
+        if cfg.amp != "fp32":
+            from mxnet.contrib import amp
             # The loss scaling is a recorded multiplication: it must happen in record().
-            with scale_loss(losses) as scaled:
+            with amp.scale_loss(losses, trainer) as scaled:
                 autograd.backward(scaled)
+        else:
+            autograd.backward(losses)
     return losses
 
 

@@ -16,8 +16,8 @@ class TrainConfig:
 
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
     Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on, 2 loader
-    workers, fp32, no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that
-    would be expected to end past it).
+    workers, fp32, no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch
+    starts that would be expected to end past it).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
