@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from unet.data import (DataInfo, Normalization, compute_normalization, list_split,
                        match_channels, prepare_data)
-from unet.dataset import SegmentationDataset, make_loader, sample_seed
+from unet.dataset import EpochLoader, SegmentationDataset, make_loader, sample_seed
 from unet.errors import InputError
 from unet.masks import MaskEncoding
 
@@ -195,17 +195,20 @@ def test_dataset_items_with_and_without_augmentation(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(clone[1], augmented[1]))
 
 
-def digest(dataset, num_workers, epoch):
-    dataset.set_epoch(epoch)
-    loader = make_loader(dataset, batch_size=2, shuffle=True, num_workers=num_workers,
-                         epoch=epoch, seed=5)
-    sha = hashlib.sha256()
-    sizes = []
-    for image, label, weight in loader:
+def batches_digest(batches):
+    sha, sizes = hashlib.sha256(), []
+    for image, label, weight in batches:
         sizes.append(image.shape[0])
         for array in (image, label, weight):
             sha.update(np.ascontiguousarray(array).tobytes())
     return sha.hexdigest(), sizes
+
+
+def digest(dataset, num_workers, epoch):
+    dataset.set_epoch(epoch)
+    loader = make_loader(dataset, batch_size=2, shuffle=True, num_workers=num_workers,
+                         epoch=epoch, seed=5)
+    return batches_digest(loader)
 
 
 def test_loader_identical_for_0_and_2_workers_and_epochs_differ(tmp_path):
@@ -216,6 +219,28 @@ def test_loader_identical_for_0_and_2_workers_and_epochs_differ(tmp_path):
     assert sizes == [2, 2]  # 5 samples, batch 2: the incomplete last batch is discarded
     assert digest(dataset, 2, epoch=1)[0] == serial
     assert digest(dataset, 0, epoch=2)[0] != serial
+
+
+def test_epoch_loader_matches_make_loader_and_keeps_its_workers(tmp_path):
+    root = make_dataset(tmp_path, train=5, validate=1, size=(32, 32))
+    info = dataset_info(root)
+    dataset = SegmentationDataset(info.train, info, 24, augment=True, seed=3, weight_map=True)
+    loader = EpochLoader(dataset, batch_size=2, shuffle=True, num_workers=2, seed=5)
+    try:
+        assert len(loader) == 2
+        pool = loader._loader._worker_pool
+        pids = sorted(p.pid for p in pool._pool)
+        for epoch in (2, 0, 1):     # any order: the epoch travels with the indices
+            assert batches_digest(loader.epoch(epoch)) == digest(dataset, 0, epoch)
+        assert sorted(p.pid for p in pool._pool) == pids   # the same worker processes
+    finally:
+        loader.close()
+    assert all(p.exitcode is not None or not p.is_alive() for p in pool._pool)
+    dataset.set_epoch(3)
+    expected = batches_digest(make_loader(dataset, 4, shuffle=False, num_workers=0, epoch=3))
+    dataset.set_epoch(0)        # the EpochLoader does not read the dataset's own epoch
+    serial = EpochLoader(dataset, batch_size=4, shuffle=False, num_workers=0)
+    assert batches_digest(serial.epoch(3)) == expected
 
 
 def test_make_loader_order_and_small_dataset():

@@ -1,4 +1,4 @@
-"""The training Dataset (augmented crops, weight maps) and its per-epoch loader.
+"""The training Dataset (augmented crops, weight maps) and its loaders.
 
 Augmentation is seeded per sample from ``(seed, epoch, index)``: MXNet 1.9.1's forked workers
 inherit one RNG state, so anything else repeats augmentations across workers, and the results
@@ -84,9 +84,13 @@ class SegmentationDataset(gluon.data.Dataset):
                                          name=display_path(sample.mask_path))
 
     def __getitem__(self, index):
+        """The sample ``index`` with the augmentation of the current epoch (:meth:`set_epoch`)."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index = index % len(self)
+        return self.item(self.epoch, index % len(self))
+
+    def item(self, epoch, index):
+        """The sample ``0 <= index < len(self)`` as augmented in ``epoch``."""
         sample = self.samples[index]
         image = match_channels(read_image(sample.image_path), self.info.channels,
                                display_path(sample.image_path))
@@ -95,7 +99,7 @@ class SegmentationDataset(gluon.data.Dataset):
         if self.augmenter is not None:
             image, classes, weight = augment_sample(
                 self.augmenter, image, classes, weight,
-                seed=sample_seed(self.seed, self.epoch, index))
+                seed=sample_seed(self.seed, epoch, index))
         else:
             image, classes = center_crop(image, self.crop_size), center_crop(classes,
                                                                              self.crop_size)
@@ -141,17 +145,101 @@ def make_loader(dataset, batch_size, shuffle, num_workers, epoch=0, seed=0):
         batch ('keep'). Batches are tuples of numpy arrays; the caller copies them to its
         devices.
     """
+    _check_loader_args(batch_size, num_workers)
+    order = epoch_order(len(dataset), shuffle, epoch, seed)
+    sampler = gluon.data.BatchSampler(_FixedOrder(order), batch_size,
+                                      _last_batch(len(dataset), batch_size))
+    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                 batchify_fn=stack_numpy)
+
+
+def epoch_order(count, shuffle, epoch, seed):
+    """The sample order of one epoch: ``range(count)``, or a permutation drawn from
+    ``(seed, epoch)`` when ``shuffle``."""
+    if not shuffle:
+        return np.arange(count)
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 1])).permutation(
+        count)
+
+
+def _last_batch(count, batch_size):
+    return "keep" if count < batch_size else "discard"
+
+
+def _check_loader_args(batch_size, num_workers):
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
                          f"{num_workers!r}")
-    order = np.arange(len(dataset))
-    if shuffle:
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 1]))
-        order = rng.permutation(len(dataset))
-    last_batch = "keep" if len(dataset) < batch_size else "discard"
-    sampler = gluon.data.BatchSampler(_FixedOrder(order), batch_size, last_batch)
-    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                 batchify_fn=stack_numpy)
+
+
+class EpochLoader:
+    """One loader for a whole run; ``loader.epoch(e)`` gives the batches of epoch ``e``.
+
+    The same batches as :func:`make_loader` after ``dataset.set_epoch(e)``, but the worker
+    processes are forked once, when the loader is made, instead of every epoch: create it before
+    the network. Workers forked from a process that holds the network share its memory pages,
+    and every page the next training step writes is then copied (MXNet 1.9.1's DataLoader also
+    runs a full garbage collection each time it is made).
+
+    Parameters
+    ----------
+    dataset : SegmentationDataset
+        Anything with ``__len__`` and ``item(epoch, index)``.
+    batch_size, shuffle, num_workers, seed
+        As in :func:`make_loader`.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle, num_workers, seed=0):
+        _check_loader_args(batch_size, num_workers)
+        self._batches = _EpochBatches(len(dataset), batch_size, shuffle, seed)
+        self._loader = gluon.data.DataLoader(_EpochView(dataset), batch_sampler=self._batches,
+                                             num_workers=num_workers, batchify_fn=stack_numpy)
+
+    def epoch(self, epoch):
+        """An iterable over the batches of ``epoch``: tuples of numpy arrays."""
+        self._batches.epoch = int(epoch)
+        return self._loader
+
+    def __len__(self):
+        return len(self._batches)
+
+    def close(self):
+        """Stop the worker processes (also done when the loader is garbage-collected)."""
+        pool, self._loader._worker_pool = self._loader._worker_pool, None
+        if pool is not None:
+            pool.terminate()
+
+
+class _EpochView(gluon.data.Dataset):
+    """Item ``epoch * len(dataset) + index`` is ``dataset.item(epoch, index)``: the workers learn
+    the epoch from the indices they are sent."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset.item(*divmod(int(key), len(self.dataset)))
+
+
+class _EpochBatches(gluon.data.Sampler):
+    """Batches of keys ``epoch * count + index`` for :class:`_EpochView`, in the epoch's order."""
+
+    def __init__(self, count, batch_size, shuffle, seed):
+        self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __iter__(self):
+        keys = self.epoch * self.count + epoch_order(self.count, self.shuffle, self.epoch,
+                                                     self.seed)
+        return iter(gluon.data.BatchSampler(_FixedOrder(keys), self.batch_size,
+                                            _last_batch(self.count, self.batch_size)))
+
+    def __len__(self):
+        return len(gluon.data.BatchSampler(range(self.count), self.batch_size,
+                                           _last_batch(self.count, self.batch_size)))
 
 
 def stack_numpy(samples):

@@ -7,7 +7,6 @@ the previous checkpoint whole whatever happens, saves the state on Ctrl-C, and s
 """
 import dataclasses
 import logging
-import math
 import os
 import random
 import time
@@ -15,21 +14,22 @@ import time
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import faults
 from .data import prepare_data
-from .dataset import SegmentationDataset, make_loader
+from .dataset import EpochLoader, SegmentationDataset
 from .distributed import (create_kvstore, finish, shard_indices, sync_initial_params,
                           trainer_kwargs)
-from .errors import InputError, TrainingDiverged
+from .errors import InputError
 from .inference import contexts as device_contexts
 from .lock import RunLock
 from .losses import SegmentationLoss
 from .model import build_unet, initializer
 from .precision import init_amp
-from .recompute import forward_backward, use_lean_allocator
+from .recompute import use_lean_allocator
+from .saver import CheckpointSaver
+from .steps import train_epoch
 from .tb import TrainingLog, new_run_name
 from .validation import validate
 
@@ -127,7 +127,7 @@ class _Run:
         kvstore, self.rank, self.num_workers, self.is_dist = create_kvstore(cfg.kvstore,
                                                                             len(self.ctx))
         self.is_chief = self.rank == 0
-        self.tb, self.lock = None, None
+        self.tb, self.lock, self.loader = None, None, None
         if self.is_chief:       # only rank 0 writes checkpoints
             self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
             ckpt.remove_stale_files(cfg.checkpoint_file)
@@ -155,6 +155,10 @@ class _Run:
                 resume_meta["data"]["normalization"]))
             self.state.best_score, self.state.best_epoch = _best_on_disk(cfg.checkpoint_file)
         self.info = info
+        # Before the network: the loader forks its workers now (unet.dataset.EpochLoader).
+        self.dataset = self._training_set()
+        self.loader = EpochLoader(self.dataset, cfg.batch_size, shuffle=True,
+                                  num_workers=cfg.num_workers, seed=cfg.seed)
         self._build_network(kvstore)
         if resume_meta is not None:
             ckpt.load_training_state(self.net, self.trainer if self.can_save_states else None,
@@ -171,14 +175,13 @@ class _Run:
                 self.net(mx.nd.random.normal(shape=(1, model_cfg.in_channels, size, size),
                                              ctx=self.ctx[0]))
             sync_initial_params(self.trainer)
-        self.dataset = self._training_set()
         self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
         self.loss_fn.hybridize()
         self.tb = TrainingLog(cfg.log_dir, self.state.run_name, enabled=self.is_chief)
         if self.is_chief:
             log.info("TensorBoard run folder: %s", self.tb.folder)
-        self.saver = _Saver(self.net, self.trainer if self.can_save_states else None, cfg,
-                            self._base_meta(), self.state, self.is_chief)
+        self.saver = CheckpointSaver(self.net, self.trainer if self.can_save_states else None,
+                                     cfg, self._base_meta(), self.state, self.is_chief)
 
     def _build_network(self, kvstore):
         cfg = self.cfg
@@ -228,11 +231,9 @@ class _Run:
             epoch_start = time.time()
             lr = cfg.learning_rate_at(epoch)
             self.trainer.set_learning_rate(lr)
-            self.dataset.set_epoch(epoch)
-            loader = make_loader(self.dataset, cfg.batch_size, shuffle=True,
-                                 num_workers=cfg.num_workers, epoch=epoch, seed=cfg.seed)
-            loss, seconds = _run_epoch(self.net, self.trainer, self.loss_fn, loader, self.ctx,
-                                       cfg, state, self.tb, epoch, self.num_workers)
+            loss, seconds = train_epoch(self.net, self.trainer, self.loss_fn,
+                                        self.loader.epoch(epoch), self.ctx, cfg, state, self.tb,
+                                        epoch, self.num_workers)
             state.epoch = epoch + 1
             if self.is_chief:
                 self._end_epoch(epoch, lr, loss, len(self.dataset) / max(seconds, 1e-9))
@@ -261,6 +262,8 @@ class _Run:
                  "  (best, saved)" if improved else "")
 
     def close(self):
+        if self.loader is not None:
+            self.loader.close()
         if self.tb is not None:
             self.tb.close()
         if self.lock is not None:
@@ -272,79 +275,6 @@ class _Run:
         self.saver.save(self.cfg.learning_rate_at(self.state.epoch), None, best=False)
         log.warning("interrupted: state saved to %s at step %d; resume with --checkpoint=load",
                     ckpt.last_path(self.cfg.checkpoint_file), self.state.global_step)
-
-
-def _run_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_workers):
-    """One pass over ``loader``; returns (mean loss, seconds)."""
-    from .distributed import split_batch
-    total, count, start = 0.0, 0, time.time()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="batch", leave=False,
-               disable=None)
-    for image, label, weight in bar:
-        n = image.shape[0]
-        parts = [split_batch(a, ctx) for a in (image, label, weight)] if len(ctx) > 1 else \
-            [[mx.nd.array(a, ctx=ctx[0])] for a in (image, label, weight)]
-        losses = _forward_backward(net, trainer, loss_fn, parts, cfg)
-        trainer.step(n * num_workers)
-        value = sum(float(l.sum().asscalar()) for l in losses) / n
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"loss became {value} at epoch {epoch + 1}, step {state.global_step + 1}; "
-                f"training stopped, the last good checkpoint "
-                f"{ckpt.last_path(cfg.checkpoint_file)} is kept (try a lower --learning-rate)")
-        state.global_step += 1
-        faults.point("train.step")
-        total, count = total + value * n, count + n
-        tb.scalar("train/loss", value, state.global_step)
-        tb.scalar("lr", trainer.learning_rate, state.global_step)
-        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{count / (time.time() - start):.1f}")
-    bar.close()
-    return total / max(count, 1), time.time() - start
-
-
-def _forward_backward(net, trainer, loss_fn, parts, cfg):
-    """Loss and gradients of one batch, ``parts`` = (images, labels, weights) per context;
-    returns the per-context losses."""
-    if cfg.recompute:       # fp32 only (TrainConfig checks it)
-        return [forward_backward(net, loss_fn, x, y, w) for x, y, w in zip(*parts)]
-    with autograd.record():
-        losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
-        if cfg.amp != "fp32":
-            from mxnet.contrib import amp
-            # The loss scaling is a recorded multiplication: it must happen in record().
-            with amp.scale_loss(losses, trainer) as scaled:
-                autograd.backward(scaled)
-        else:
-            autograd.backward(losses)
-    return losses
-
-
-class _Saver:
-    """Writes the last checkpoint (with optimizer state) and, when improved, the best one."""
-
-    def __init__(self, net, trainer, cfg, base_meta, state, enabled):
-        self.net, self.trainer, self.cfg = net, trainer, cfg
-        self.base_meta, self.state, self.enabled = base_meta, state, enabled
-        self.last_meta = None
-
-    def save(self, lr, scores, best):
-        if not self.enabled:
-            return
-        meta = dict(self.base_meta, epoch=self.state.epoch, global_step=self.state.global_step,
-                    learning_rate=lr, best_score=self.state.best_score,
-                    best_epoch=self.state.best_epoch, scores=scores)
-        try:
-            self.last_meta = ckpt.save_checkpoint(
-                self.net, ckpt.last_path(self.cfg.checkpoint_file), dict(meta, kind="last"),
-                self.trainer)
-            if best:
-                last = (ckpt.last_path(self.cfg.checkpoint_file), self.last_meta["params_sha256"])
-                ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"),
-                                     same_weights_as=last)
-        except (OSError, mx.base.MXNetError) as exc:
-            # MXNet's writer reports a full disk as MXNetError, not OSError.
-            raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
-                             f"{ckpt.error_reason(exc)}; the previous checkpoint is kept") from None
 
 
 def _jsonable(obj):
