@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from unet.data import (DataInfo, Normalization, compute_normalization, list_split,
                        match_channels, prepare_data)
-from unet.dataset import EpochLoader, SegmentationDataset, make_loader, sample_seed
+from unet.dataset import (EpochLoader, SegmentationDataset, epoch_order, sample_seed,
+                          stack_numpy)
 from unet.errors import InputError
 from unet.masks import MaskEncoding
 
@@ -205,10 +206,11 @@ def batches_digest(batches):
 
 
 def digest(dataset, num_workers, epoch):
-    dataset.set_epoch(epoch)
-    loader = make_loader(dataset, batch_size=2, shuffle=True, num_workers=num_workers,
-                         epoch=epoch, seed=5)
-    return batches_digest(loader)
+    loader = EpochLoader(dataset, batch_size=2, shuffle=True, num_workers=num_workers, seed=5)
+    try:
+        return batches_digest(loader.epoch(epoch))
+    finally:
+        loader.close()
 
 
 def test_loader_identical_for_0_and_2_workers_and_epochs_differ(tmp_path):
@@ -221,29 +223,32 @@ def test_loader_identical_for_0_and_2_workers_and_epochs_differ(tmp_path):
     assert digest(dataset, 0, epoch=2)[0] != serial
 
 
-def test_epoch_loader_matches_make_loader_and_keeps_its_workers(tmp_path):
+def test_epoch_loader_serves_each_epochs_samples_from_the_same_workers(tmp_path):
     root = make_dataset(tmp_path, train=5, validate=1, size=(32, 32))
     info = dataset_info(root)
     dataset = SegmentationDataset(info.train, info, 24, augment=True, seed=3, weight_map=True)
+
+    def expected(epoch):        # batch 2 in the epoch's order, the last incomplete one dropped
+        order = epoch_order(len(dataset), True, epoch, seed=5)
+        return batches_digest(stack_numpy([dataset.item(epoch, i) for i in order[k:k + 2]])
+                              for k in (0, 2))
+
     loader = EpochLoader(dataset, batch_size=2, shuffle=True, num_workers=2, seed=5)
     try:
         assert len(loader) == 2
         pool = loader._loader._worker_pool
         pids = sorted(p.pid for p in pool._pool)
         for epoch in (2, 0, 1):     # any order: the epoch travels with the indices
-            assert batches_digest(loader.epoch(epoch)) == digest(dataset, 0, epoch)
+            assert batches_digest(loader.epoch(epoch)) == expected(epoch)
         assert sorted(p.pid for p in pool._pool) == pids   # the same worker processes
     finally:
         loader.close()
-    assert all(p.exitcode is not None or not p.is_alive() for p in pool._pool)
-    dataset.set_epoch(3)
-    expected = batches_digest(make_loader(dataset, 4, shuffle=False, num_workers=0, epoch=3))
-    dataset.set_epoch(0)        # the EpochLoader does not read the dataset's own epoch
-    serial = EpochLoader(dataset, batch_size=4, shuffle=False, num_workers=0)
-    assert batches_digest(serial.epoch(3)) == expected
+    assert not any(p.is_alive() for p in pool._pool)
+    dataset.set_epoch(3)        # __getitem__ follows set_epoch, the same samples
+    assert all(np.array_equal(a, b) for a, b in zip(dataset[4], dataset.item(3, 4)))
 
 
-def test_make_loader_order_and_small_dataset():
+def test_epoch_loader_order_and_small_dataset():
     class Numbers:
         def __init__(self, n):
             self.n = n
@@ -251,18 +256,20 @@ def test_make_loader_order_and_small_dataset():
         def __len__(self):
             return self.n
 
-        def __getitem__(self, i):
+        def item(self, epoch, i):
             return (np.array([i], np.float32),)
 
     def order(n, batch, epoch, shuffle=True):
-        loader = make_loader(Numbers(n), batch, shuffle=shuffle, num_workers=0, epoch=epoch)
-        return [int(x) for (batch,) in loader for x in batch.ravel()]
+        loader = EpochLoader(Numbers(n), batch, shuffle=shuffle, num_workers=0)
+        return [int(x) for (batch,) in loader.epoch(epoch) for x in batch.ravel()]
 
     assert order(3, 4, 0) and sorted(order(3, 4, 0)) == [0, 1, 2]  # kept: smaller than a batch
     assert order(10, 4, 0) == order(10, 4, 0) and len(order(10, 4, 0)) == 8
     assert order(10, 4, 0) != order(10, 4, 1)
     assert order(6, 3, 0, shuffle=False) == list(range(6))
     assert sample_seed(0, 1, 2) != sample_seed(0, 2, 1)
+    with pytest.raises(ValueError):
+        EpochLoader(Numbers(3), 0, shuffle=True, num_workers=0)
 
 
 def test_isbi_prepare_data():

@@ -73,7 +73,7 @@ class SegmentationDataset(gluon.data.Dataset):
                      w0, sigma, time.perf_counter() - start)
 
     def set_epoch(self, epoch):
-        """Select the epoch's augmentations; re-create the loader afterwards."""
+        """Select the epoch that ``dataset[i]`` augments for (the loader passes its own)."""
         self.epoch = int(epoch)
 
     def __len__(self):
@@ -121,38 +121,6 @@ class _FixedOrder(gluon.data.Sampler):
         return len(self.order)
 
 
-def make_loader(dataset, batch_size, shuffle, num_workers, epoch=0, seed=0):
-    """A DataLoader for one epoch; create a new one every epoch.
-
-    MXNet 1.9.1 forks its worker pool in ``DataLoader.__init__``, so the workers hold the dataset
-    as it was then (call ``dataset.set_epoch(epoch)`` first).
-
-    Parameters
-    ----------
-    dataset : gluon.data.Dataset
-    batch_size : int
-    shuffle : bool
-        A permutation drawn from ``(seed, epoch)``: the same for any number of workers.
-    num_workers : int
-        Worker processes; 0 loads in the calling process.
-    epoch, seed : int, default 0
-
-    Returns
-    -------
-    gluon.data.DataLoader
-        Batches of ``len(dataset) // batch_size`` full batches; the incomplete last batch is
-        discarded ('discard'), except that a dataset smaller than one batch gives one smaller
-        batch ('keep'). Batches are tuples of numpy arrays; the caller copies them to its
-        devices.
-    """
-    _check_loader_args(batch_size, num_workers)
-    order = epoch_order(len(dataset), shuffle, epoch, seed)
-    sampler = gluon.data.BatchSampler(_FixedOrder(order), batch_size,
-                                      _last_batch(len(dataset), batch_size))
-    return gluon.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                 batchify_fn=stack_numpy)
-
-
 def epoch_order(count, shuffle, epoch, seed):
     """The sample order of one epoch: ``range(count)``, or a permutation drawn from
     ``(seed, epoch)`` when ``shuffle``."""
@@ -166,31 +134,36 @@ def _last_batch(count, batch_size):
     return "keep" if count < batch_size else "discard"
 
 
-def _check_loader_args(batch_size, num_workers):
-    if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
-                         f"{num_workers!r}")
-
-
 class EpochLoader:
     """One loader for a whole run; ``loader.epoch(e)`` gives the batches of epoch ``e``.
 
-    The same batches as :func:`make_loader` after ``dataset.set_epoch(e)``, but the worker
-    processes are forked once, when the loader is made, instead of every epoch: create it before
-    the network. Workers forked from a process that holds the network share its memory pages,
-    and every page the next training step writes is then copied (MXNet 1.9.1's DataLoader also
-    runs a full garbage collection each time it is made).
+    The worker processes are forked once, when the loader is made, and serve every epoch: make
+    it before the network. MXNet 1.9.1's DataLoader forks its workers when it is made (after a
+    full garbage collection), and workers forked from a process that holds the network share its
+    memory pages: every page the next training step writes is then copied. The workers learn the
+    epoch from the sample indices they are sent, so the batches do not depend on the number of
+    workers.
 
     Parameters
     ----------
     dataset : SegmentationDataset
         Anything with ``__len__`` and ``item(epoch, index)``.
-    batch_size, shuffle, num_workers, seed
-        As in :func:`make_loader`.
+    batch_size : int
+    shuffle : bool
+        Each epoch a permutation drawn from ``(seed, epoch)`` (:func:`epoch_order`).
+    num_workers : int
+        Worker processes; 0 loads in the calling process.
+    seed : int, default 0
+
+    Batches are tuples of numpy arrays (:func:`stack_numpy`) of ``len(dataset) // batch_size``
+    full batches; the incomplete last batch is discarded, except that a dataset smaller than one
+    batch gives one smaller batch. The caller copies them to its devices.
     """
 
     def __init__(self, dataset, batch_size, shuffle, num_workers, seed=0):
-        _check_loader_args(batch_size, num_workers)
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
+                             f"{num_workers!r}")
         self._batches = _EpochBatches(len(dataset), batch_size, shuffle, seed)
         self._loader = gluon.data.DataLoader(_EpochView(dataset), batch_sampler=self._batches,
                                              num_workers=num_workers, batchify_fn=stack_numpy)
