@@ -130,10 +130,6 @@ def epoch_order(count, shuffle, epoch, seed):
         count)
 
 
-def _last_batch(count, batch_size):
-    return "keep" if count < batch_size else "discard"
-
-
 class EpochLoader:
     """One loader for a whole run; ``loader.epoch(e)`` gives the batches of epoch ``e``.
 
@@ -203,16 +199,16 @@ class _EpochBatches(gluon.data.Sampler):
     def __init__(self, count, batch_size, shuffle, seed):
         self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
         self.epoch = 0
+        # A dataset smaller than one batch still gives one (smaller) batch.
+        self.last_batch = "keep" if count < batch_size else "discard"
 
     def __iter__(self):
         keys = self.epoch * self.count + epoch_order(self.count, self.shuffle, self.epoch,
                                                      self.seed)
-        return iter(gluon.data.BatchSampler(_FixedOrder(keys), self.batch_size,
-                                            _last_batch(self.count, self.batch_size)))
+        return iter(gluon.data.BatchSampler(_FixedOrder(keys), self.batch_size, self.last_batch))
 
     def __len__(self):
-        return len(gluon.data.BatchSampler(range(self.count), self.batch_size,
-                                           _last_batch(self.count, self.batch_size)))
+        return len(gluon.data.BatchSampler(range(self.count), self.batch_size, self.last_batch))
 
 
 def stack_numpy(samples):
