@@ -3,8 +3,8 @@ Rand error, and the accumulator."""
 import numpy as np
 import pytest
 
-from unet.metrics import (SegmentationMetric, adapted_rand_error, confusion_matrix,
-                          foreground_dice, iou_per_class, mean_iou, pixel_accuracy, pixel_error,
+from unet.metrics import (SegmentationMetric, adapted_rand_error, adapted_rand_error_thinned,
+                          confusion_matrix, foreground_dice, iou_per_class, mean_iou, pixel_accuracy, pixel_error,
                           score_segmentation)
 
 # Three classes; pairs (target, pred): (0,0) (1,1) (0,1) (2,2) (2,0) (1,1).
@@ -94,10 +94,28 @@ def test_adapted_rand_error():
     assert adapted_rand_error(target, merged) > 0
 
 
+def test_thinned_rand_error_forgives_a_wide_membrane_but_not_a_merge():
+    # Two 20x20 true cells with a 2-pixel membrane; the prediction draws it 8 pixels wide.
+    target = np.ones((20, 42), np.int64)
+    target[:, 20:22] = 0
+    wide = np.ones_like(target)
+    wide[:, 17:25] = 0
+    # Unthinned, the wide membrane is one segment that takes 3 columns of each true cell.
+    assert adapted_rand_error(wide, target) > 0.1
+    assert adapted_rand_error_thinned(wide, target) == 0.0
+    # A gap in the membrane is a merge whether thinned or not: thinning makes one cell of all.
+    leaky = wide.copy()
+    leaky[10, 17:25] = 1
+    merged_error = adapted_rand_error(np.ones_like(target), target)
+    assert merged_error > 0.3
+    assert adapted_rand_error_thinned(leaky, target) == pytest.approx(merged_error)
+
+
 def test_score_segmentation_and_accumulator():
     target, merged = two_cells()
     scores = score_segmentation(merged, target, 2)
-    assert set(scores) == {"pixel_error", "accuracy", "dice", "iou", "rand_error"}
+    assert set(scores) == {"pixel_error", "accuracy", "dice", "iou", "rand_error",
+                           "rand_error_thinned"}
     assert scores["pixel_error"] == pytest.approx(6 / target.size)
     assert scores["rand_error"] == pytest.approx(36 / 106)
 

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 import evaluate
-from unet.postprocess import CellSplitting, split_cells
+from unet.postprocess import CellSplitting, split_cells, thin_membranes
 from test_evaluate import checkpoint, dataset, one_line_error, run  # noqa: F401 (fixture)
 
 
@@ -127,3 +127,14 @@ def test_membrane_at_the_border_and_diagonal_membranes_are_never_filled():
     ring[10, 10:20] = ring[19, 10:20] = ring[10:20, 10] = ring[10:20, 19] = False
     assert np.array_equal(fill_membrane_specks(ring, 35), ring)       # 36 pixels: kept
     assert fill_membrane_specks(ring, 36).all()                      # at most 36: filled
+
+
+def test_thin_membranes_meets_at_one_pixel_lines_in_the_membranes_middle():
+    cells = np.ones((20, 41), bool)
+    cells[:, 15:26] = False                      # an 11-pixel membrane, middle column 20
+    cells[5:8, 30:33] = False                    # a speck inside the right cell
+    labels = thin_membranes(cells)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert (labels[:, 20] == 0).all() and (labels == 0).sum() == 20
+    assert len(np.unique(labels[:, :20])) == 1 and len(np.unique(labels[:, 21:])) == 1
+    assert not thin_membranes(np.zeros((5, 5), bool)).any()

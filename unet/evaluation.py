@@ -24,7 +24,7 @@ from .metrics import score_segmentation
 logger = logging.getLogger(__name__)
 
 #: Scores in table order; the keys of :func:`unet.metrics.score_segmentation` used here.
-SCORES = ("pixel_error", "dice", "iou", "rand_error")
+SCORES = ("pixel_error", "dice", "iou", "rand_error", "rand_error_thinned")
 
 
 def list_folder(folder):
@@ -116,10 +116,12 @@ def mean_scores(rows):
 def format_table(rows):
     """A text table of the rows and their mean, one image per line."""
     width = max([len("image"), len("mean")] + [len(row["image"]) for row in rows])
-    lines = [f"{'image':<{width}}  " + "  ".join(f"{key:>11}" for key in SCORES)]
+    columns = [max(11, len(key)) for key in SCORES]
+    lines = [f"{'image':<{width}}  " + "  ".join(f"{key:>{column}}"
+                                                 for key, column in zip(SCORES, columns))]
     mean = mean_scores(rows)
     for row in rows + [dict(mean, image="mean")]:
-        values = "  ".join(f"{row[key]:>11.4f}" for key in SCORES)
+        values = "  ".join(f"{row[key]:>{column}.4f}" for key, column in zip(SCORES, columns))
         lines.append(f"{row['image']:<{width}}  {values}")
     return "\n".join(lines)
 

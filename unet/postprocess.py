@@ -8,7 +8,8 @@ seeds, and where two floods meet a one-pixel membrane is drawn. Membranes that t
 drew stay as they are.
 
 This is an improvement over the reference, which only thresholds; ``evaluate.py --split-cells``
-turns it on.
+turns it on. :func:`thin_membranes` grows the cells of a binary map over its membrane, for the
+Rand error after border thinning (:func:`unet.metrics.adapted_rand_error_thinned`).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -94,3 +95,26 @@ def split_cells(cell_probability, threshold=0.5, options=CellSplitting()):
     # and only the line between floods turns to membrane).
     floods = segmentation.watershed(-cell_probability, seeds, watershed_line=True)
     return cells & (floods > 0)
+
+
+def thin_membranes(cells):
+    """Cells grown over the membrane until they meet along one-pixel lines.
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        ``(H, W)`` bool, True for cell.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` int labels: each 4-connected cell of ``cells`` keeps its own label and takes
+        the membrane pixels nearer to it than to any other cell (a watershed on the distance to
+        the nearest cell); 0 only on the one-pixel lines where two cells meet, or everywhere when
+        there is no cell. Cells are neither merged nor split.
+    """
+    labels, count = ndimage.label(cells)
+    if count == 0:
+        return labels
+    distance = ndimage.distance_transform_edt(~cells)
+    return segmentation.watershed(distance, labels, watershed_line=True)
