@@ -18,7 +18,7 @@ import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from unet import distributed, launch
+from unet import cluster_nodes, distributed, launch
 from unet.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,7 +147,8 @@ def test_in_cluster_finish_and_hard_exit():
 
 def test_local_nodes_bind_loopback(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    nodes = launch.local_nodes(2, 1, ["python", "train.py"], 4321, {"FOO": "bar"}, python="py")
+    nodes = cluster_nodes.local_nodes(2, 1, ["python", "train.py"], 4321, {"FOO": "bar"},
+                                      python="py")
     assert [n.label for n in nodes] == ["scheduler", "server 0", "worker 0", "worker 1"]
     for node in nodes:
         assert node.env["DMLC_PS_ROOT_URI"] == node.env["DMLC_NODE_HOST"] == "127.0.0.1"
@@ -173,9 +174,10 @@ def _remote(node):
 def test_ssh_nodes_round_robin_and_quoting():
     hosts = [("node-a", "22"), ("node-b", "2222")]
     command = ["/venv/bin/python", "segmenter.py", "--name", "two words"]
-    nodes = launch.ssh_nodes(hosts, 3, 2, command, 9000, "10.1.2.3", "/path with space/unet",
-                             env={"MXNET_X": "1"}, python="/venv/bin/python",
-                             environ={"OMP_NUM_THREADS": "4", "AWS_SECRET_ACCESS_KEY": "s"})
+    nodes = cluster_nodes.ssh_nodes(hosts, 3, 2, command, 9000, "10.1.2.3",
+                                    "/path with space/unet", env={"MXNET_X": "1"},
+                                    python="/venv/bin/python",
+                                    environ={"OMP_NUM_THREADS": "4", "AWS_SECRET_ACCESS_KEY": "s"})
     assert [n.label for n in nodes] == ["scheduler", "server 0", "server 1", "worker 0",
                                         "worker 1", "worker 2"]
     scheduler = nodes[0]
@@ -201,14 +203,14 @@ def test_ssh_nodes_round_robin_and_quoting():
 def test_read_hostfile(tmp_path):
     path = tmp_path / "hosts"
     path.write_text("# cluster\nnode-a\nnode-b 2222\n\nnode-c:23  # spare\nnode-d slots=4\n")
-    assert launch.read_hostfile(str(path)) == [("node-a", "22"), ("node-b", "2222"),
+    assert cluster_nodes.read_hostfile(str(path)) == [("node-a", "22"), ("node-b", "2222"),
                                                ("node-c", "23"), ("node-d", "22")]
     path.write_text("node-a\nnode-b twenty\n")
     with pytest.raises(InputError, match=r"hosts:2: expected 'host \[port\]'"):
-        launch.read_hostfile(str(path))
+        cluster_nodes.read_hostfile(str(path))
     path.write_text("# nothing\n")
     with pytest.raises(InputError, match="names no host"):
-        launch.read_hostfile(str(path))
+        cluster_nodes.read_hostfile(str(path))
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -312,8 +314,8 @@ def test_sigterm_to_the_launcher_stops_the_cluster():
 
 
 def test_ssh_config_goes_to_every_ssh_and_must_exist(tmp_path, capsys):
-    nodes = launch.ssh_nodes([("node-a", "22")], 1, 1, ["python"], 9000, "10.1.2.3", "/p",
-                             ssh_config="/etc/cluster/ssh_config")
+    nodes = cluster_nodes.ssh_nodes([("node-a", "22")], 1, 1, ["python"], 9000, "10.1.2.3", "/p",
+                                    ssh_config="/etc/cluster/ssh_config")
     for node in nodes[1:]:
         assert node.argv[:3] == ("ssh", "-F", "/etc/cluster/ssh_config")
     hosts = tmp_path / "hosts"

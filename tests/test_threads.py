@@ -19,9 +19,9 @@ def test_default_fills_in_only_an_unset_variable():
 
 
 def test_importing_unet_sets_it_before_mxnet_starts_and_cluster_processes_do_not_inherit_it():
-    code = ("import os, unet, mxnet; from unet import threads, launch; "
+    code = ("import os, unet, mxnet; from unet import threads, cluster_nodes; "
             "print(os.environ['OMP_NUM_THREADS'], threads.physical_cores(), "
-            "launch.local_nodes(1, 1, ['x'], 9)[2].env['OMP_NUM_THREADS'])")
+            "cluster_nodes.local_nodes(1, 1, ['x'], 9)[2].env['OMP_NUM_THREADS'])")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
