@@ -9,17 +9,20 @@
 #   DATA_DIR   dataset root with train/ and validate/ [../shared/data/isbi2012]
 #   OUT_DIR    checkpoint, TensorBoard logs and predictions [runs/isbi_recipe]
 #   THRESHOLD  cell-probability threshold of the evaluation [0.5]
+#   OVERLAP    overlap of neighbouring evaluation tiles in pixels [128, half the tile]
 #   TTA        1: average the 8 flips/rotations at evaluation, 0: single pass [1]
 #   SPLIT_CELLS 1: separate touching cells by a seeded watershed (evaluate.py --split-cells),
 #              0: threshold only, as the reference [1]
 #   PYTHON     interpreter [.venv/bin/python]
 # Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
-# error, Dice, IoU, adapted Rand error per validate slice and mean) and overlays beside the masks.
+# error, Dice, IoU, adapted Rand error as predicted and after border thinning, per validate slice
+# and mean) and overlays beside the masks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data_dir="${DATA_DIR:-../shared/data/isbi2012}"
 out_dir="${OUT_DIR:-runs/isbi_recipe}"
 threshold="${THRESHOLD:-0.5}"
+overlap="${OVERLAP:-128}"
 python="${PYTHON:-.venv/bin/python}"
 eval_flags=()
 [[ "${TTA:-1}" == 1 ]] && eval_flags+=(--tta)
@@ -36,4 +39,5 @@ eval_flags=()
     --time-limit 55 --no-histograms --log-images 1 "$@"
 "$python" evaluate.py --data-dir "$data_dir" --split validate \
     --network-param "$out_dir/unet.params" --output "$out_dir/predictions" \
-    --threshold "$threshold" "${eval_flags[@]}" --overlay --probabilities npy --no-progress
+    --threshold "$threshold" --overlap "$overlap" "${eval_flags[@]}" \
+    --overlay --probabilities npy --no-progress
