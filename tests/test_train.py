@@ -127,9 +127,10 @@ def test_event_files_hold_the_expected_tags(tmp_path, demo):
     assert any(t.startswith("grads/") for t in tags["histograms"])
 
 
-def _segmenter(args, env=None):
+def _segmenter(args, env=None, new_session=False):
     return subprocess.run([sys.executable, os.path.join(ROOT, "segmenter.py")] + args,
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          start_new_session=new_session)
 
 
 def test_killed_mid_epoch_resumes_and_finishes(tmp_path, demo):
@@ -164,13 +165,15 @@ def test_resume_removes_what_a_killed_write_left(tmp_path, demo):
     assert [n for n in left if n.endswith(".states")] == ["unet-last-step4.states"]
 
 
-@pytest.mark.parametrize("signal_name", ["INT", "TERM"])
-def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name):
+# TERM-GROUP: SIGTERM to the whole process group (pkill -f, a batch scheduler's cancel), which
+# kills the loader's worker processes too; closing their pool used to hang after the save.
+@pytest.mark.parametrize("signal_name, workers", [("INT", "0"), ("TERM", "0"), ("TERM-GROUP", "2")])
+def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name, workers):
     ckpt = tmp_path / "unet.params"
     args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
-            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY
+            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY + ["--num-workers", workers]
     env = dict(os.environ, UNET_KILL_AT="train.step:3", UNET_KILL_SIGNAL=signal_name)
-    stopped = _segmenter(args, env)
+    stopped = _segmenter(args, env, new_session=True)
     assert stopped.returncode == 130, stopped.stderr
     assert "state saved" in stopped.stderr and "Traceback" not in stopped.stderr
     meta = read_meta(last_path(ckpt))

@@ -5,6 +5,7 @@ inherit one RNG state, so anything else repeats augmentations across workers, an
 would differ between 0 and N workers.
 """
 import logging
+import multiprocessing.pool
 import time
 
 import cv2
@@ -173,10 +174,38 @@ class EpochLoader:
         return len(self._batches)
 
     def close(self):
-        """Stop the worker processes (also done when the loader is garbage-collected)."""
+        """Stop the worker processes (also done when the loader is garbage-collected), also
+        when some were killed from outside."""
         pool, self._loader._worker_pool = self._loader._worker_pool, None
         if pool is not None:
-            pool.terminate()
+            terminate_pool(pool)
+
+
+def terminate_pool(pool, timeout=10.0):
+    """``pool.terminate()`` for a ``multiprocessing.Pool`` that also returns when a worker was
+    killed from outside.
+
+    An idle worker waits for its next task holding the task queue's read lock, and
+    ``Pool.terminate`` first takes that lock: a worker killed while waiting (a SIGTERM sent to the
+    whole process group, as ``pkill -f`` or a batch scheduler's cancel does; the OOM killer) keeps
+    it taken forever, and terminate hangs. So the pool first stops replacing dead workers, its
+    workers are killed, and the lock is freed before terminating. Uses the internals of
+    Python 3.10-3.11's ``multiprocessing.pool``.
+    """
+    handler = pool._worker_handler
+    handler._state = multiprocessing.pool.TERMINATE
+    pool._change_notifier.put(None)         # wakes the handler, which then stops
+    handler.join(timeout)
+    workers = list(pool._pool)
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout)
+    # No worker is alive: whether the lock was free or held by a killed worker, it is free after.
+    lock = pool._inqueue._rlock
+    lock.acquire(block=False)
+    lock.release()
+    pool.terminate()
 
 
 class _EpochView(gluon.data.Dataset):

@@ -2,7 +2,8 @@
 
 Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it passes ``POINT``;
 ``UNET_KILL_SIGNAL=INT`` (or ``TERM``) sends that signal instead of SIGKILL, to test the clean
-exits.
+exits; ``TERM-GROUP`` sends SIGTERM to the whole process group, the data-loader workers included,
+as ``pkill -f`` or a batch scheduler's cancel does.
 Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating),
 ``checkpoint.params_written`` (weights in a temp file, nothing renamed), ``checkpoint.renamed``
 (weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
@@ -26,5 +27,8 @@ def point(name):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(count or 1):
-        name = os.environ.get(SIGNAL_ENV, "KILL")
-        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+        kind, _, scope = os.environ.get(SIGNAL_ENV, "KILL").partition("-")
+        if scope == "GROUP":
+            os.killpg(os.getpgrp(), getattr(signal, f"SIG{kind}"))
+        else:
+            os.kill(os.getpid(), getattr(signal, f"SIG{kind}"))
