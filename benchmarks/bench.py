@@ -224,6 +224,11 @@ def prepare_infer_net(spec, size):
     if spec["amp"] == "bf16":   # as evaluate.py --amp bf16 does
         from unet.precision import bf16_inference_network
         net = bf16_inference_network(net, cfg.in_channels, size)
+    elif spec["amp"] == "int8":  # as evaluate.py --amp int8 does, on 4 random tiles
+        import numpy as np
+        from unet.precision import int8_inference_network
+        tiles = np.random.default_rng(1).uniform(-1, 1, (4, cfg.in_channels, size, size))
+        net = int8_inference_network(net, tiles.astype(np.float32))
     if spec["fuse"]:
         net.optimize_for(x, backend="MKLDNN", static_alloc=spec["static"],
                          static_shape=spec["static"])
@@ -499,8 +504,10 @@ def build_parser():
                    help="repeat 3, warmup 1, 256x256 only, 1 channel: a fast look")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead")
     g = p.add_argument_group("variants (levers)")
-    g.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: mxnet.contrib.amp (train: amp.init; infer: convert_hybrid_block)")
+    g.add_argument("--amp", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="bf16: mxnet.contrib.amp (train: amp.init; infer: convert_hybrid_block); "
+                        "int8: inference only, as evaluate.py --amp int8 (quantize_net_v2, "
+                        "calibrated on 4 random tiles)")
     g.add_argument("--norm", choices=("layer", "batch"), default="layer")
     g.add_argument("--fast-norm", action="store_true",
                    help="unet.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
@@ -538,6 +545,8 @@ def main(argv=None):
         return 0
     if args.recompute and args.amp != "fp32":
         parser.error("--recompute runs in fp32 only (as segmenter.py --recompute)")
+    if args.amp == "int8" and set(args.task) - {"infer", "tiled"}:
+        parser.error("--amp int8 is for inference only: --task infer or tiled")
     if args.quick:
         args.repeat, args.warmup = 3, 1
         args.size = args.size or [256]

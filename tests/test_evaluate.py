@@ -14,6 +14,7 @@ from mxnet import autograd, gluon
 import evaluate
 from unet.checkpoint import save_checkpoint, sha256_file
 from unet.config import ModelConfig
+from unet.errors import InputError
 from unet.inference import Segmenter, classes_from_probabilities, output_paths
 from unet.model import build_unet, initializer
 
@@ -276,17 +277,34 @@ def test_keyboard_interrupt_exits_130(tmp_path, capsys, checkpoint, monkeypatch)
     assert code == 130 and err.strip().splitlines()[-1] == "interrupted"
 
 
-def test_bf16_inference_agrees_with_fp32(tmp_path, capsys, checkpoint):
+@pytest.mark.parametrize("low", ["bf16", "int8"])
+def test_bf16_and_int8_inference_agree_with_fp32(tmp_path, capsys, checkpoint, low):
     dataset(tmp_path / "data", [(40, 56), (64, 31)], masked={0, 1})
     masks = {}
-    for amp in ("fp32", "bf16"):
+    for amp in ("fp32", low):
         out = tmp_path / amp
         code, _, err = run(capsys, "--data-dir", tmp_path / "data", "--network-param", checkpoint,
                            "--output", out, "--amp", amp, "--probabilities", "npy")
         assert code == 0, err
         masks[amp] = [np.load(out / f"img{i}_prob.npy") for i in (0, 1)]
-    for fp32, bf16 in zip(masks["fp32"], masks["bf16"]):
-        assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
-        assert np.abs(bf16 - fp32).mean() < 0.02
-        assert ((bf16 >= 0.5) == (fp32 >= 0.5)).mean() > 0.98
-        assert not np.array_equal(bf16, fp32)   # it really ran in bfloat16
+    for fp32, other in zip(masks["fp32"], masks[low]):
+        assert other.dtype == np.float32 and other.shape == fp32.shape
+        assert np.abs(other - fp32).mean() < 0.02
+        assert ((other >= 0.5) == (fp32 >= 0.5)).mean() > 0.98
+        assert not np.array_equal(other, fp32)   # it really ran in bfloat16 / int8
+
+
+def test_int8_quantizes_the_convolutions_on_the_first_image_and_refuses_gpus(checkpoint):
+    segmenter = Segmenter.from_checkpoint(str(checkpoint), amp="int8")
+    image = blobs(40, 56, 1)[0][..., None].astype(np.float32) / 255.0
+    first = segmenter.predict(image)
+    graph = json.loads(segmenter.forward_net._cached_graph[1].tojson())
+    convs = [n for n in graph["nodes"] if n["op"] == "_sg_mkldnn_conv"]
+    assert convs and all(n["attrs"].get("quantized") == "true" for n in convs)
+    quantized = segmenter.forward_net
+    assert np.array_equal(segmenter.predict(image).classes, first.classes)
+    assert segmenter.forward_net is quantized      # calibrated once, on the first image
+    net, meta = segmenter.net, segmenter.meta
+    for amp in ("bf16", "int8"):
+        with pytest.raises(InputError, match="CPU only"):
+            Segmenter(net, meta, ctx=[mx.gpu(0)], amp=amp)

@@ -6,7 +6,7 @@ from mxnet.gluon import nn
 
 from unet.config import ModelConfig
 from unet.model import build_unet, initializer
-from unet.tiling import (blend_window, dihedral, predict_probabilities, tile_layout,
+from unet.tiling import (blend_window, dihedral, predict_probabilities, sample_tiles, tile_layout,
                          undo_dihedral)
 
 TILE = 32
@@ -166,3 +166,14 @@ def test_bad_arguments_raise(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         predict_probabilities(**args)
+
+
+def test_sample_tiles_spreads_padded_tiles_over_the_image():
+    image = np.arange(3 * 100 * 70, dtype=np.float32).reshape(3, 100, 70)
+    tiles = sample_tiles(image, 32, count=4)
+    assert tiles.shape == (4, 3, 32, 32) and tiles.dtype == np.float32
+    np.testing.assert_array_equal(tiles[0], image[:, :32, :32])      # the first tile, unpadded
+    assert len({t.tobytes() for t in tiles}) == 4
+    small = sample_tiles(image[:, :20, :10], 32, count=4)           # one padded tile
+    assert small.shape == (1, 3, 32, 32)
+    np.testing.assert_array_equal(small[0, :, 6:26, 11:21], image[:, :20, :10])

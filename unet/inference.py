@@ -18,12 +18,14 @@ from .errors import InputError
 from .imageio import display_path, read_image, write_png
 from .masks import MaskEncoding
 from .postprocess import split_cells
-from .precision import bf16_inference_network
-from .tiling import predict_probabilities
+from .precision import bf16_inference_network, int8_inference_network
+from .tiling import predict_probabilities, sample_tiles
 
 logger = logging.getLogger(__name__)
 
 PROBABILITY_FORMATS = ("png16", "npy")
+#: Tiles of the first image that calibrate an int8 network (``amp='int8'``).
+CALIBRATION_TILES = 4
 OVERLAY_COLOR = (255, 0, 0)
 
 
@@ -97,8 +99,10 @@ class Segmenter:
     cell_splitting : unet.postprocess.CellSplitting, default None
         Separate touching cells of a binary model (:func:`unet.postprocess.split_cells`);
         None thresholds only, as the reference does.
-    amp : {'fp32', 'bf16'}, default 'fp32'
+    amp : {'fp32', 'bf16', 'int8'}, default 'fp32'
         'bf16' runs a bfloat16 copy of the network (CPU only; fast on CPUs with avx512_bf16).
+        'int8' runs an int8 copy (CPU only; fast on CPUs with avx512_vnni), calibrated on
+        :data:`CALIBRATION_TILES` tiles of the first image :meth:`predict` is given.
     """
 
     def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None,
@@ -121,13 +125,14 @@ class Segmenter:
         self.encoding = MaskEncoding.from_dict(data["encoding"])
         net.hybridize(static_alloc=True)
         self.forward_net = net  # what predict() runs; self.net stays float32 (export)
+        if amp not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"amp must be 'fp32', 'bf16' or 'int8', got {amp!r}")
+        contexts = self.ctx if isinstance(self.ctx, (list, tuple)) else [self.ctx]
+        if amp != "fp32" and any(c.device_type != "cpu" for c in contexts):
+            raise InputError(f"--amp {amp} runs on the CPU only; use fp32 on GPUs")
         if amp == "bf16":
-            contexts = self.ctx if isinstance(self.ctx, (list, tuple)) else [self.ctx]
-            if any(c.device_type != "cpu" for c in contexts):
-                raise InputError("--amp bf16 runs on the CPU only; use fp32 on GPUs")
             self.forward_net = bf16_inference_network(net, self.channels, self.tile_size)
-        elif amp != "fp32":
-            raise ValueError(f"amp must be 'fp32' or 'bf16', got {amp!r}")
+        self.calibrate = amp == "int8"   # on the first image predict() is given
 
     @classmethod
     def from_checkpoint(cls, params_path, ctx=None, **options):
@@ -145,9 +150,13 @@ class Segmenter:
 
     def predict(self, image, name="image"):
         """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
-        image = match_channels(image, self.channels, name)
+        image = self.normalization.apply(match_channels(image, self.channels, name))
+        if self.calibrate:
+            self.forward_net = int8_inference_network(
+                self.net, sample_tiles(image, self.tile_size, CALIBRATION_TILES))
+            self.calibrate = False
         probabilities = predict_probabilities(
-            self.forward_net, self.normalization.apply(image), self.tile_size, ctx=self.ctx,
+            self.forward_net, image, self.tile_size, ctx=self.ctx,
             batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
         if self.cell_splitting is None:
             classes = classes_from_probabilities(probabilities, self.threshold)

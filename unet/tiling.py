@@ -103,6 +103,20 @@ def _check_arguments(image, tile_size, batch_size, overlap):
     return int(overlap)
 
 
+def sample_tiles(image, tile_size, count=4):
+    """Up to ``count`` tiles of a normalized ``(C, H, W)`` image, as the tiling pads and places
+    them (no overlap), spread evenly over the image: ``(N, C, T, T)`` float32."""
+    _, height, width = image.shape
+    pad_y0, pad_y1, rows = tile_layout(height, tile_size, 0)
+    pad_x0, pad_x1, cols = tile_layout(width, tile_size, 0)
+    padded = np.pad(image.astype(np.float32, copy=False),
+                    ((0, 0), (pad_y0, pad_y1), (pad_x0, pad_x1)), mode="reflect")
+    places = [(y, x) for y in rows for x in cols]
+    chosen = np.linspace(0, len(places) - 1, min(count, len(places))).round().astype(int)
+    return np.stack([padded[:, y:y + tile_size, x:x + tile_size]
+                     for y, x in (places[i] for i in chosen)])
+
+
 def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap=None, tta=False):
     """Class probabilities of ``net`` for a normalized image of any size, by overlap-tiling.
 
