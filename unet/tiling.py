@@ -103,14 +103,21 @@ def _check_arguments(image, tile_size, batch_size, overlap):
     return int(overlap)
 
 
+def _padded_layout(image, tile_size, overlap):
+    """The ``(C, H, W)`` image mirror-padded for tiling, the tile offsets along each axis
+    (:func:`tile_layout`) and the top-left padding: ``(padded, rows, cols, (pad_y, pad_x))``."""
+    _, height, width = image.shape
+    pad_y0, pad_y1, rows = tile_layout(height, tile_size, overlap)
+    pad_x0, pad_x1, cols = tile_layout(width, tile_size, overlap)
+    padded = np.pad(image.astype(np.float32, copy=False),
+                    ((0, 0), (pad_y0, pad_y1), (pad_x0, pad_x1)), mode="reflect")
+    return padded, rows, cols, (pad_y0, pad_x0)
+
+
 def sample_tiles(image, tile_size, count=4):
     """Up to ``count`` tiles of a normalized ``(C, H, W)`` image, as the tiling pads and places
     them (no overlap), spread evenly over the image: ``(N, C, T, T)`` float32."""
-    _, height, width = image.shape
-    pad_y0, pad_y1, rows = tile_layout(height, tile_size, 0)
-    pad_x0, pad_x1, cols = tile_layout(width, tile_size, 0)
-    padded = np.pad(image.astype(np.float32, copy=False),
-                    ((0, 0), (pad_y0, pad_y1), (pad_x0, pad_x1)), mode="reflect")
+    padded, rows, cols, _ = _padded_layout(image, tile_size, 0)
     places = [(y, x) for y in rows for x in cols]
     chosen = np.linspace(0, len(places) - 1, min(count, len(places))).round().astype(int)
     return np.stack([padded[:, y:y + tile_size, x:x + tile_size]
@@ -149,10 +156,7 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
     overlap = _check_arguments(image, tile_size, batch_size, overlap)
     contexts = _contexts(ctx)
     _, height, width = image.shape
-    pad_y0, pad_y1, rows = tile_layout(height, tile_size, overlap)
-    pad_x0, pad_x1, cols = tile_layout(width, tile_size, overlap)
-    padded = np.pad(image.astype(np.float32, copy=False),
-                    ((0, 0), (pad_y0, pad_y1), (pad_x0, pad_x1)), mode="reflect")
+    padded, rows, cols, (pad_y0, pad_x0) = _padded_layout(image, tile_size, overlap)
     window = blend_window(tile_size, overlap)
     transforms = range(8) if tta else [0]
     jobs = [(y, x, k) for y in rows for x in cols for k in transforms]
