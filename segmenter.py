@@ -73,8 +73,11 @@ def build_parser():
                    help="mixed precision: bf16 on CPUs with avx512_bf16, fp16 on GPUs "
                         "(default fp32)")
     t.add_argument("--fast-norm", action="store_true",
-                   help="layer norm with a faster backward pass: the same function and "
-                        "checkpoints, about 10%% faster training steps, more memory")
+                   help="where the compiled layer-norm kernel is not available (no C++ "
+                        "compiler; GPUs), a layer norm with a faster backward pass made of GEMV "
+                        "products: the same function and checkpoints, about 10%% faster training "
+                        "steps, more memory. On CPUs the compiled kernel (unet/native, built on "
+                        "first use; UNET_NATIVE=0 turns it off) is used either way and is faster")
     t.add_argument("--recompute", action="store_true",
                    help="keep only a few activations and recompute the rest during backward: "
                         "about half the training memory for about 1.7x the step time (default "

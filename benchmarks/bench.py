@@ -149,7 +149,9 @@ def conv_gflop(cfg, height, width):
     return total[0] * (height * width) / (small * small) / 1e9
 
 
-def build_net(spec, size, amp_init):
+def build_net(spec, size, amp_init, fused_norm=False):
+    """The network of a row; ``fused_norm`` as ``segmenter.py`` trains (the compiled layer norm of
+    ``unet.native`` unless ``--no-fused-norm``), off as ``evaluate.py`` infers."""
     import mxnet as mx
     from unet.model import build_unet, initializer
     if amp_init:
@@ -159,13 +161,23 @@ def build_net(spec, size, amp_init):
         from unet.recompute import use_lean_allocator
         use_lean_allocator()
     cfg = model_config(spec, size)
-    net = build_unet(cfg, fast_norm=spec["fast_norm"])
+    net = build_unet(cfg, fast_norm=spec["fast_norm"], fused_norm=fused_norm)
+    spec["norm_kernel"] = _norm_kernel(net) if spec["norm"] == "layer" else "batch"
     net.initialize(initializer(), ctx=mx.cpu())
     if spec["static"] and not spec["recompute"]:
         net.hybridize(static_alloc=True, static_shape=True)
     else:
         net.hybridize()
     return cfg, net
+
+
+def _norm_kernel(net):
+    """The layer-norm implementation ``net`` was built with: mxnet, gemv or fused."""
+    from unet import fastnorm
+    norm = net.stem.norm1
+    if isinstance(norm, fastnorm.LayerNorm):
+        return "fused" if norm._fused else "gemv"
+    return "mxnet"
 
 
 def inputs(spec, cfg, size, seed=0):
@@ -182,14 +194,12 @@ def run_train(spec):
     from mxnet import autograd, gluon
     from unet.losses import SegmentationLoss
     bf16 = spec["amp"] == "bf16"
-    cfg, net = build_net(spec, spec["size"], amp_init=bf16)
+    cfg, net = build_net(spec, spec["size"], amp_init=bf16, fused_norm=True)
     x, y, w = inputs(spec, cfg, spec["size"])
     loss_fn = SegmentationLoss("ce", cfg.num_classes)
     loss_fn.hybridize()
     trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-4})
-    if bf16:
-        from mxnet.contrib import amp
-        amp.init_trainer(trainer)
+    # As unet.train: bfloat16 needs no loss scaling (unet.precision.uses_loss_scaling).
     losses = []
 
     def step():
@@ -202,11 +212,7 @@ def run_train(spec):
             return
         with autograd.record():
             loss = loss_fn(net(x), y, w)
-            if bf16:   # the scaling must be recorded too, or backward finds no graph
-                with amp.scale_loss(loss, trainer) as scaled:
-                    autograd.backward(scaled)
-        if not bf16:
-            loss.backward()
+        loss.backward()
         trainer.step(spec["batch"])
         losses.append(float(loss.mean().asscalar()))
         mx.nd.waitall()
@@ -381,6 +387,8 @@ def child(spec):
     result = RUNNERS[spec["task"]](spec)
     times = result.pop("times_ms")
     ms = median(times)
+    if "norm_kernel" in spec:
+        row["norm_kernel"] = spec["norm_kernel"]
     row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
                repeat=len(times), peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
     if CPU_MS and spec["task"] in STEP_TASKS:
@@ -397,6 +405,8 @@ def child(spec):
 
 def variant_name(spec):
     parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
+    if not spec["fused_norm"]:
+        parts.append("unfused")
     parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
     if not spec["static"] and not spec["recompute"]:
         parts.append("dynamic")
@@ -411,6 +421,8 @@ def child_env(spec):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if spec["mirror"]:
         env["MXNET_BACKWARD_DO_MIRROR"] = "1"
+    if not spec["fused_norm"]:
+        env["UNET_NATIVE"] = "0"
     if spec["fuse"] and spec["norm"] == "layer":
         # MXNet 1.9.1 wires the wrong inputs into a conv+sum fusion next to a LayerNorm
         # ("Shape inconsistent, Provided = [64]"): keep the other fusions, skip that one.
@@ -445,7 +457,7 @@ def run_row(spec, timeout):
 
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
-        "amp", "norm", "fast_norm", "fuse", "mirror", "recompute", "static", "threads", "env",
+        "amp", "norm", "fast_norm", "fused_norm", "fuse", "mirror", "recompute", "static", "threads", "env",
         "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
         "tiled_image")}
     specs = []
@@ -511,6 +523,9 @@ def build_parser():
     g.add_argument("--norm", choices=("layer", "batch"), default="layer")
     g.add_argument("--fast-norm", action="store_true",
                    help="unet.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
+    g.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
+                   help="training: MXNet's layer norms (or --fast-norm's) instead of the compiled "
+                        "kernel of unet.native that segmenter.py uses on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
     g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")

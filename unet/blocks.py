@@ -8,17 +8,21 @@ from mxnet.gluon import nn
 LEAKY_SLOPE = 0.01
 
 
-def make_norm(norm, fast=False):
-    """``nn.LayerNorm()`` over the last axis (the width, on NCHW; the reference) or BatchNorm.
+def make_norm(norm, kernel="mxnet"):
+    """The normalization layer: ``'batch'`` or ``'layer'``, a layer norm over the last axis (the
+    width, on NCHW; the reference).
 
-    ``fast=True`` gives :class:`unet.fastnorm.LayerNorm` for ``'layer'``: the same function and
-    parameters with a faster backward pass (and more training memory).
+    ``kernel`` picks the layer norm's implementation, all the same function with the same
+    parameters (a checkpoint loads into any): ``'mxnet'`` ``nn.LayerNorm()``; ``'gemv'``
+    :class:`unet.fastnorm.LayerNorm`, a faster backward pass made of GEMV products (more training
+    memory); ``'fused'`` the same block on the compiled kernel of :mod:`unet.native` (fastest to
+    train, CPU only; resolve it with :func:`unet.model.norm_kernel`).
     """
     if norm == "batch":
         return nn.BatchNorm()
-    if fast:
+    if kernel in ("gemv", "fused"):
         from .fastnorm import LayerNorm
-        return LayerNorm()
+        return LayerNorm(fused=kernel == "fused")
     return nn.LayerNorm()
 
 
@@ -35,14 +39,14 @@ class BaseConvBlock(nn.HybridBlock):
         plain double convolution.
     dropout : float, default 0.0
         Probability of a Dropout block after the first activation; 0 adds none.
-    fast_norm : bool, default False
-        Layer norm by :mod:`unet.fastnorm` (same function, faster backward).
+    norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
+        The layer norm's implementation (:func:`make_norm`).
 
     Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H, W)``.
     """
 
     def __init__(self, in_channels, out_channels, norm="layer", residual=True, dropout=0.0,
-                 fast_norm=False, **kwargs):
+                 norm_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         self.residual = residual
         with self.name_scope():
@@ -50,10 +54,10 @@ class BaseConvBlock(nn.HybridBlock):
             if residual:
                 self.proj = nn.Conv2D(out_channels, 1, in_channels=in_channels)
             self.conv1 = nn.Conv2D(out_channels, 3, padding=1, in_channels=in_channels)
-            self.norm1 = make_norm(norm, fast_norm)
+            self.norm1 = make_norm(norm, norm_kernel)
             self.drop = nn.Dropout(dropout) if dropout > 0 else None
             self.conv2 = nn.Conv2D(out_channels, 3, padding=1, in_channels=out_channels)
-            self.norm2 = make_norm(norm, fast_norm)
+            self.norm2 = make_norm(norm, norm_kernel)
 
     def hybrid_forward(self, F, x):
         skip = self.proj(x) if self.residual else None
@@ -78,13 +82,13 @@ class DownSampleBlock(nn.HybridBlock):
     Input ``(N, C, H, W)``, output ``(N, 2C, H/2, W/2)``; keyword arguments go to the block.
     """
 
-    def __init__(self, in_channels, norm="layer", residual=True, dropout=0.0, fast_norm=False,
+    def __init__(self, in_channels, norm="layer", residual=True, dropout=0.0, norm_kernel="mxnet",
                  **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.pool = nn.MaxPool2D(pool_size=2, strides=2)
             self.conv = BaseConvBlock(in_channels, 2 * in_channels, norm, residual, dropout,
-                                      fast_norm)
+                                      norm_kernel)
 
     def hybrid_forward(self, F, x):
         return self.conv(self.pool(x))

@@ -19,20 +19,20 @@ class UNet(nn.HybridSequential):
     config : ModelConfig, default ``ModelConfig()``
         See :class:`unet.config.ModelConfig`. With ``norm='layer'`` the network is bound to inputs
         of width ``config.image_size``: LayerNorm's parameters have the width's shape.
-    fast_norm : bool, default False
-        Build layer norms with :mod:`unet.fastnorm`: the same function and parameters (a
-        checkpoint loads either way), a faster backward pass, more training memory.
+    norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
+        The layer norms' implementation (:func:`unet.blocks.make_norm`; :func:`norm_kernel`
+        picks one): the same function and parameters, so a checkpoint loads into any.
 
     Input ``(N, in_channels, H, W)`` with H and W multiples of ``2**depth``; output
     ``(N, num_classes, H, W)`` unnormalized class scores.
     """
 
-    def __init__(self, config=None, fast_norm=False, **kwargs):
+    def __init__(self, config=None, norm_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         self.config = config = config or ModelConfig()
         c = config.base_channels
         opts = dict(norm=config.norm, residual=config.residual, dropout=config.dropout,
-                    fast_norm=fast_norm)
+                    norm_kernel=norm_kernel)
         with self.name_scope():
             self.stem = BaseConvBlock(config.in_channels, c, **opts)
             self.down = []
@@ -82,9 +82,28 @@ class UNet(nn.HybridSequential):
         return self.head(x)                          # (N, num_classes, H, W)
 
 
-def build_unet(config=None, fast_norm=False, **kwargs):
-    """A new, uninitialized :class:`UNet`; initialize it with :func:`initializer`."""
-    return UNet(config or ModelConfig(), fast_norm=fast_norm, **kwargs)
+def build_unet(config=None, fast_norm=False, fused_norm=False, **kwargs):
+    """A new, uninitialized :class:`UNet`; initialize it with :func:`initializer`.
+
+    The defaults give the reference's ``nn.LayerNorm``; ``fused_norm`` and ``fast_norm`` ask for
+    the faster layer norms of :func:`norm_kernel`.
+    """
+    return UNet(config or ModelConfig(), norm_kernel=norm_kernel(fast_norm, fused_norm),
+                **kwargs)
+
+
+def norm_kernel(fast_norm=False, fused_norm=False):
+    """The layer-norm implementation to build (see :func:`unet.blocks.make_norm`).
+
+    ``fused_norm``: the compiled kernel of :mod:`unet.native` where it compiles and loads (for
+    networks that run on the CPU), else what ``fast_norm`` asks for: the GEMV block (True) or
+    ``nn.LayerNorm`` (False).
+    """
+    if fused_norm:
+        from .native import width_norm_available
+        if width_norm_available():
+            return "fused"
+    return "gemv" if fast_norm else "mxnet"
 
 
 def initializer():

@@ -3,24 +3,45 @@ GPUs. Weights stay float32 (AMP keeps master copies); results are not bit-compar
 
 
 def amp_fp32_ops():
-    """AMP's float32 op list for bfloat16, plus Concat.
+    """AMP's float32 op list for bfloat16, plus Concat and the fused layer norm.
 
     Concat is dtype-neutral in AMP's lists, but in the U-Net it joins a bf16 convolution output
     and a float32 skip (LayerNorm runs in float32), and refuses mixed inputs: run it in float32.
+    The fused layer norm of :mod:`unet.native` (when loaded) computes in float32 only.
     """
     from mxnet.contrib import amp
-    return amp.list_fp32_ops(amp.amp.bfloat16) + ["Concat", "concat"]
+    from . import native
+    extra = [native.OP_NAME] if native.width_norm_loaded() else []
+    return amp.list_fp32_ops(amp.amp.bfloat16) + ["Concat", "concat"] + extra
 
 
 def init_amp(mode):
-    """Switch AMP on for ``mode`` in {'bf16', 'fp16'}; must run before the network is built."""
+    """Switch AMP on for ``mode`` in {'bf16', 'fp16'}; must run before the network is built.
+
+    For bf16 (CPU) it first loads the fused layer-norm kernel (:mod:`unet.native`): loaded later,
+    it would drop AMP's operator wrappers.
+    """
     from mxnet.contrib import amp
     if mode == "bf16":
+        from .native import width_norm_available
+        width_norm_available()
         amp.init(target_dtype="bfloat16", fp32_ops=amp_fp32_ops())
     elif mode == "fp16":
         amp.init(target_dtype="float16")
     else:
         raise ValueError(f"amp mode must be 'bf16' or 'fp16', got {mode!r}")
+
+
+def uses_loss_scaling(mode):
+    """Whether training in AMP ``mode`` scales the loss (AMP's dynamic loss scaler).
+
+    Only float16 does: its exponent range is narrow, small gradients underflow to zero unless the
+    loss is scaled up first. bfloat16 has float32's exponent range, so nothing underflows that
+    would not in float32, and the scaler's all-finite check of every gradient is pure cost
+    (0.8-1 s per step of the default model on a 2-core CPU, longer than the Adam update itself).
+    A non-finite loss still stops training (:class:`unet.errors.TrainingDiverged`).
+    """
+    return mode == "fp16"
 
 
 def bf16_inference_network(net, in_channels, tile_size):

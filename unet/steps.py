@@ -14,6 +14,7 @@ from . import checkpoint as ckpt
 from . import faults
 from .distributed import split_batch
 from .errors import TrainingDiverged
+from .precision import uses_loss_scaling
 from .recompute import forward_backward
 
 
@@ -51,7 +52,7 @@ def batch_gradients(net, trainer, loss_fn, parts, cfg):
         return [forward_backward(net, loss_fn, x, y, w) for x, y, w in zip(*parts)]
     with autograd.record():
         losses = [loss_fn(net(x), y, w) for x, y, w in zip(*parts)]
-        if cfg.amp != "fp32":
+        if uses_loss_scaling(cfg.amp):
             from mxnet.contrib import amp
             # The loss scaling is a recorded multiplication: it must happen in record().
             with amp.scale_loss(losses, trainer) as scaled:

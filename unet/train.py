@@ -26,7 +26,7 @@ from .inference import contexts as device_contexts
 from .lock import RunLock
 from .losses import SegmentationLoss
 from .model import build_unet, initializer
-from .precision import init_amp
+from .precision import init_amp, uses_loss_scaling
 from .recompute import use_lean_allocator
 from .saver import CheckpointSaver
 from .steps import train_epoch
@@ -185,7 +185,9 @@ class _Run:
 
     def _build_network(self, kvstore):
         cfg = self.cfg
-        self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm)
+        # The fused layer-norm kernel is CPU code: on GPUs the layer norms stay MXNet's.
+        on_cpu = all(c.device_type == "cpu" for c in self.ctx)
+        self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm, fused_norm=on_cpu)
         self.net.initialize(initializer(), ctx=self.ctx)
         # A static CachedOp keeps all of its memory between steps: no use recomputing then.
         static = not cfg.recompute
@@ -193,7 +195,7 @@ class _Run:
         kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
         self.trainer = gluon.Trainer(self.net.collect_params(), cfg.optimizer,
                                      cfg.optimizer_params(), kvstore=kvstore, **kwargs)
-        if cfg.amp != "fp32":
+        if uses_loss_scaling(cfg.amp):
             from mxnet.contrib import amp
             amp.init_trainer(self.trainer)
         # dist_async updates on the servers: no optimizer state here to save.

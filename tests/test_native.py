@@ -1,0 +1,172 @@
+"""unet.native: the compiled layer norm computes nn.LayerNorm's function and gradients, trains
+under bf16 AMP, and its absence (no compiler) falls back with one warning."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+from unet import fastnorm, native
+from unet.model import build_unet, initializer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    # Not a skip: this machine kind and CI have g++; a kernel that stops building must fail here.
+    assert native.width_norm_available(), native._state.get("reason")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 24), (1, 2, 7, 33), (4, 65)])
+def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape):
+    rng = np.random.default_rng(0)
+    x = mx.nd.array(rng.normal(2.0, 3.0, shape))
+    gamma = mx.nd.array(rng.uniform(0.5, 1.5, shape[-1]))
+    beta = mx.nd.array(rng.normal(0.0, 1.0, shape[-1]))
+    head = mx.nd.array(rng.normal(0.0, 1.0, shape))
+
+    def run(op):
+        for a in (x, gamma, beta):
+            a.attach_grad()
+        with autograd.record():
+            y = op(x, gamma, beta, eps=1e-5)
+        y.backward(head)
+        return [a.asnumpy() for a in (y, x.grad, gamma.grad, beta.grad)]
+
+    expected = run(lambda *a, **k: mx.nd.LayerNorm(*a, axis=-1, **k))
+    got = run(mx.nd.unet_width_norm)
+    for name, e, g in zip(("y", "dx", "dgamma", "dbeta"), expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
+def _step(net, x, label):
+    with autograd.record():
+        loss = mx.nd.softmax_cross_entropy(net(x).transpose((0, 2, 3, 1)).reshape((-1, 2)),
+                                           label.reshape((-1,)))
+    loss.backward()
+    return net(x).asnumpy(), {k: p.grad().asnumpy()
+                              for k, p in net._collect_params_with_prefix().items()
+                              if p.grad_req != "null"}
+
+
+def test_unet_with_the_fused_norm_equals_the_reference_one(kernel, tmp_path):
+    from unet.config import ModelConfig
+    cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+    reference = build_unet(cfg)
+    fused = build_unet(cfg, fused_norm=True)
+    assert isinstance(fused.stem.norm1, fastnorm.LayerNorm) and fused.stem.norm1._fused
+    assert not isinstance(reference.stem.norm1, fastnorm.LayerNorm)
+    reference.initialize(initializer())
+    x = mx.nd.random.uniform(-1, 1, (2, 1, 32, 32))
+    reference(x)
+    for p in reference.collect_params().values():
+        if p.name.endswith(("gamma", "beta")):
+            p.set_data(mx.nd.random.uniform(0.5, 1.5, p.shape))
+    reference.save_parameters(str(tmp_path / "p.params"))
+    fused.load_parameters(str(tmp_path / "p.params"))     # same parameter names and shapes
+    label = mx.nd.array(np.random.default_rng(1).integers(0, 2, (2, 32, 32)))
+    for net in (reference, fused):
+        net.hybridize(static_alloc=True, static_shape=True)
+    out_ref, grads_ref = _step(reference, x, label)
+    out, grads = _step(fused, x, label)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == grads_ref.keys()
+    # One absolute scale for all: a conv bias before a layer norm has a zero gradient in exact
+    # arithmetic (the norm removes the row mean), so its float noise has no scale of its own.
+    scale = max(np.abs(g).max() for g in grads_ref.values())
+    for name in grads_ref:
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=name)
+
+
+def _python(code, **env):
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full, cwd=ROOT, timeout=300)
+
+
+def test_bf16_training_runs_the_fused_norm_in_float32_without_loss_scaling(kernel):
+    done = _python("""
+        from types import SimpleNamespace
+        import mxnet as mx
+        from mxnet import gluon
+        from unet.config import ModelConfig
+        from unet.losses import SegmentationLoss
+        from unet.steps import batch_gradients
+        from unet.model import build_unet, initializer
+        from unet.precision import amp_fp32_ops, init_amp, uses_loss_scaling
+        from mxnet.contrib.amp import loss_scaler
+        def refuse(*a, **k):
+            raise AssertionError("bf16 must not run the loss scaler's overflow check")
+        loss_scaler.LossScaler.has_overflow = refuse
+        init_amp("bf16")
+        assert "unet_width_norm" in amp_fp32_ops() and not uses_loss_scaling("bf16")
+        cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+        net = build_unet(cfg, fused_norm=True)
+        assert net.stem.norm1._fused
+        net.initialize(initializer())
+        net.hybridize(static_alloc=True, static_shape=True)
+        trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-2})
+        x = mx.nd.random.uniform(-1, 1, (2, 1, 32, 32))
+        label = (x[:, 0] > 0)
+        losses = []
+        loss_fn = SegmentationLoss("ce", 2)
+        for _ in range(15):      # the training loop's own step (unet.steps)
+            loss, = batch_gradients(net, trainer, loss_fn, [[x], [label], [mx.nd.ones_like(label)]],
+                                    SimpleNamespace(amp="bf16", recompute=False))
+            trainer.step(2)
+            losses.append(float(loss.mean().asscalar()))
+        print("losses", losses[0], losses[-1])
+        assert losses[-1] < 0.7 * losses[0], losses
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_without_a_compiler_layer_norms_fall_back_with_one_warning(tmp_path):
+    done = _python("""
+        import logging
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        from unet import fastnorm, native
+        from unet.config import ModelConfig
+        from unet.model import build_unet
+        cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+        plain = build_unet(cfg, fused_norm=True)
+        fast = build_unet(cfg, fast_norm=True, fused_norm=True)
+        assert not isinstance(plain.stem.norm1, fastnorm.LayerNorm)
+        assert isinstance(fast.stem.norm1, fastnorm.LayerNorm) and not fast.stem.norm1._fused
+        assert not native.width_norm_available()
+    """, CXX=str(tmp_path / "no-such-compiler"), UNET_NATIVE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if "kernel not available" in line]
+    assert len(warnings) == 1 and "no C++ compiler" in warnings[0], done.stderr
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_the_kernel_is_compiled_once_into_the_cache_and_never_after_amp(tmp_path):
+    cache = tmp_path / "cache"
+    code = """
+        from unet import native
+        print("available", native.width_norm_available(), native._state.get("reason"))
+    """
+    first = _python(code, UNET_NATIVE_CACHE=str(cache))
+    assert "available True" in first.stdout, first.stderr[-2000:]
+    built = list(cache.glob("*.so"))
+    assert len(built) == 1 and sorted(p.name for p in cache.iterdir()) == [".build.lock",
+                                                                            built[0].name]
+    stamp = built[0].stat().st_mtime_ns
+    # No compiler on the PATH now: only the cached library can make it available.
+    second = _python(code, UNET_NATIVE_CACHE=str(cache), PATH=str(tmp_path))
+    assert "available True" in second.stdout and built[0].stat().st_mtime_ns == stamp
+    late = _python("""
+        from mxnet.contrib import amp
+        amp.init(target_dtype="bfloat16")
+        from unet import native
+        print("available", native.width_norm_available(), native._state.get("reason"))
+    """, UNET_NATIVE_CACHE=str(cache))
+    assert "available False mxnet.contrib.amp was initialized" in late.stdout, late.stderr[-2000:]
