@@ -15,8 +15,8 @@
 #              0: threshold only, as the reference [1]
 #   PYTHON     interpreter [.venv/bin/python]
 # Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
-# error, Dice, IoU, adapted Rand error as predicted and after border thinning, per validate slice
-# and mean) and overlays beside the masks.
+# error, Dice, IoU, adapted Rand error as predicted and after border thinning, the ISBI challenge's
+# pixel error (1 - best F-score), per validate slice and mean) and overlays beside the masks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data_dir="${DATA_DIR:-../shared/data/isbi2012}"

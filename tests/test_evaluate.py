@@ -150,7 +150,7 @@ def test_data_dir_scores_and_writes_metrics(tmp_path, capsys, checkpoint):
         rows = list(csv.DictReader(handle))
     assert [row["image"] for row in rows] == ["img0", "img2", "mean"]
     assert set(rows[0]) == {"image", "pixel_error", "dice", "iou", "rand_error",
-                            "rand_error_thinned"}
+                            "rand_error_thinned", "pixel_error_fscore"}
     report = json.loads((out / "metrics.json").read_text())
     assert len(report["images"]) == 2 and report["num_images"] == 3
     mean_dice = np.mean([row["dice"] for row in report["images"]])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from unet.metrics import (SegmentationMetric, adapted_rand_error, adapted_rand_error_thinned,
+                          pixel_error_fscore,
                           confusion_matrix, foreground_dice, iou_per_class, mean_iou, pixel_accuracy, pixel_error,
                           score_segmentation)
 
@@ -115,7 +116,9 @@ def test_score_segmentation_and_accumulator():
     target, merged = two_cells()
     scores = score_segmentation(merged, target, 2)
     assert set(scores) == {"pixel_error", "accuracy", "dice", "iou", "rand_error",
-                           "rand_error_thinned"}
+                           "rand_error_thinned", "pixel_error_fscore"}
+    # Without probabilities the challenge's pixel error scores the mask: 1 - Dice.
+    assert scores["pixel_error_fscore"] == pytest.approx(1.0 - scores["dice"])
     assert scores["pixel_error"] == pytest.approx(6 / target.size)
     assert scores["rand_error"] == pytest.approx(36 / 106)
 
@@ -129,3 +132,23 @@ def test_score_segmentation_and_accumulator():
     assert got["dice"] == pytest.approx(0.75)
     metric.reset()
     assert metric.cm.sum() == 0
+
+
+def test_challenge_pixel_error_is_one_minus_the_best_f_score_over_thresholds():
+    # 100 pixels: 80 cell, 20 membrane. The probabilities put every cell at 0.35 and every
+    # membrane pixel at 0.15: at the usual 0.5 everything is membrane (pixel error 0.8), but the
+    # challenge's thresholds include 0.2 and 0.3, where the map is perfect.
+    target = np.ones((10, 10), np.int64)
+    target[:2] = 0
+    prob = np.where(target > 0, 0.35, 0.15)
+    assert pixel_error_fscore(prob, target) == 0.0
+    # A proposal is foreground strictly above a threshold (as the Fiji script): 0.3 at 0.3 is not.
+    assert pixel_error_fscore(np.where(target > 0, 0.3, 0.3), target) == pytest.approx(
+        1 - 2 * 80 / (2 * 80 + 20))            # best at 0.0-0.2: all cell, F = 160/180
+    # One threshold, F of the cells: 10 cells missed, 5 membrane pixels called cell.
+    pred = target.copy()
+    pred[9, :] = 0
+    pred[0, :5] = 1
+    f = 2 * 70 / (2 * 70 + 5 + 10)
+    assert pixel_error_fscore(pred, target) == pytest.approx(1 - f)
+    assert pixel_error_fscore(np.zeros_like(prob), target) == 1.0

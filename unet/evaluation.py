@@ -18,13 +18,13 @@ from .atomic import write_json, write_text
 from .data import IMAGE_SUFFIXES, Sample, list_split
 from .errors import InputError
 from .imageio import display_path, read_image, read_mask
-from .inference import default_mask_path, write_outputs
+from .inference import default_mask_path, foreground_probability, write_outputs
 from .metrics import score_segmentation
 
 logger = logging.getLogger(__name__)
 
 #: Scores in table order; the keys of :func:`unet.metrics.score_segmentation` used here.
-SCORES = ("pixel_error", "dice", "iou", "rand_error", "rand_error_thinned")
+SCORES = ("pixel_error", "dice", "iou", "rand_error", "rand_error_thinned", "pixel_error_fscore")
 
 
 def list_folder(folder):
@@ -99,7 +99,8 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
         if sample.mask_path is None:
             continue
         target = read_target(segmenter, sample.mask_path, image.shape[:2])
-        scores = score_segmentation(prediction.classes, target, segmenter.num_classes)
+        scores = score_segmentation(prediction.classes, target, segmenter.num_classes,
+                                    foreground_probability(prediction.probabilities))
         rows.append({"image": sample.name, **{key: float(scores[key]) for key in SCORES}})
     logger.info("segmented %d images into %s, %d scored", len(samples),
                 display_path(output_dir), len(rows))
