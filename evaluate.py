@@ -55,9 +55,9 @@ def build_parser():
                         help="bf16: run a bfloat16 copy of the network on the CPU, about 0.65x "
                              "the time on CPUs with avx512_bf16; probabilities within ~2e-4 of "
                              "fp32 on average. int8: an int8 copy (oneDNN), about 0.3-0.35x the "
-                             "time on CPUs with avx512_vnni, calibrated on 4 tiles of the first "
-                             "image; costs a few seconds to a minute to set up, so use it for "
-                             "folders (default: fp32)")
+                             "time on CPUs with avx512_vnni, calibrated on 4 tiles spread over up "
+                             "to 4 of the images (evenly over a folder); costs a few seconds to a "
+                             "minute to set up, so use it for folders (default: fp32)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="foreground probability threshold of a binary model (default: 0.5)")
     defaults = CellSplitting()

@@ -308,3 +308,32 @@ def test_int8_quantizes_the_convolutions_on_the_first_image_and_refuses_gpus(che
     for amp in ("bf16", "int8"):
         with pytest.raises(InputError, match="CPU only"):
             Segmenter(net, meta, ctx=[mx.gpu(0)], amp=amp)
+
+
+def test_int8_calibrates_on_images_spread_over_the_folder(tmp_path, checkpoint, monkeypatch):
+    # A blank first image would calibrate every range to a point: the folder's spread counts.
+    from unet import evaluation, inference
+    from unet.data import Sample
+    values = [0, 40, 80, 120, 160, 200, 240]
+    samples = []
+    for i, value in enumerate(values):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), np.full((40, 56), value, np.uint8))
+        samples.append(Sample(name=str(i), image_path=str(path), mask_path=None))
+    seen = []
+    real = inference.int8_inference_network
+
+    def spy(net, tiles):
+        seen.append(tiles)
+        return real(net, tiles)
+
+    monkeypatch.setattr(inference, "int8_inference_network", spy)
+    segmenter = Segmenter.from_checkpoint(str(checkpoint), amp="int8")
+    evaluation.segment_samples(segmenter, samples, str(tmp_path / "out"), progress=False)
+    assert len(seen) == 1 and len(seen[0]) == inference.CALIBRATION_TILES
+    # One tile from each of images 0, 2, 4 and 6 (evenly spread): four distinct constant levels.
+    levels = sorted(float(tile.mean()) for tile in seen[0])
+    expected = sorted(float(segmenter.normalization.apply(np.full((1, 1, 1), values[i] / 255.0,
+                                                                   np.float32)).mean())
+                      for i in (0, 2, 4, 6))
+    np.testing.assert_allclose(levels, expected, rtol=1e-4, atol=1e-4)

@@ -18,7 +18,8 @@ from .atomic import write_json, write_text
 from .data import IMAGE_SUFFIXES, Sample, list_split
 from .errors import InputError
 from .imageio import display_path, read_image, read_mask
-from .inference import default_mask_path, foreground_probability, write_outputs
+from .inference import (CALIBRATION_TILES, default_mask_path, foreground_probability,
+                        write_outputs)
 from .metrics import score_segmentation
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
     except OSError as err:
         raise InputError(f"{display_path(output_dir)}: cannot create the output folder: "
                          f"{err.strerror or err}") from None
+    calibrate_on_samples(segmenter, samples)
     rows = []
     for sample in tqdm(samples, desc="segmenting", unit="image", file=sys.stderr,
                        disable=not progress):
@@ -105,6 +107,19 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
     logger.info("segmented %d images into %s, %d scored", len(samples),
                 display_path(output_dir), len(rows))
     return rows
+
+
+def calibrate_on_samples(segmenter, samples):
+    """An int8 segmenter is calibrated on images spread evenly over ``samples`` (up to
+    :data:`unet.inference.CALIBRATION_TILES`, one or more tiles each), not on the first alone."""
+    if not segmenter.needs_calibration or not samples:
+        return
+    count = min(len(samples), CALIBRATION_TILES)
+    chosen = [samples[i] for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]
+    segmenter.calibrate([read_image(sample.image_path) for sample in chosen],
+                        [display_path(sample.image_path) for sample in chosen])
+    logger.info("int8 calibrated on %d image(s): %s", count,
+                ", ".join(sample.name for sample in chosen))
 
 
 def mean_scores(rows):

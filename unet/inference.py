@@ -24,7 +24,7 @@ from .tiling import predict_probabilities, sample_tiles
 logger = logging.getLogger(__name__)
 
 PROBABILITY_FORMATS = ("png16", "npy")
-#: Tiles of the first image that calibrate an int8 network (``amp='int8'``).
+#: Tiles that calibrate an int8 network (``amp='int8'``), spread over the calibration images.
 CALIBRATION_TILES = 4
 OVERLAY_COLOR = (255, 0, 0)
 
@@ -101,7 +101,8 @@ class Segmenter:
         None thresholds only, as the reference does.
     amp : {'fp32', 'bf16', 'int8'}, default 'fp32'
         'bf16' runs a bfloat16 copy of the network (CPU only; fast on CPUs with avx512_bf16).
-        'int8' runs an int8 copy (CPU only; fast on CPUs with avx512_vnni), calibrated on
+        'int8' runs an int8 copy (CPU only; fast on CPUs with avx512_vnni), calibrated by
+        :meth:`calibrate` (folder mode: on images spread over the folder), else on
         :data:`CALIBRATION_TILES` tiles of the first image :meth:`predict` is given.
     """
 
@@ -132,7 +133,7 @@ class Segmenter:
             raise InputError(f"--amp {amp} runs on the CPU only; use fp32 on GPUs")
         if amp == "bf16":
             self.forward_net = bf16_inference_network(net, self.channels, self.tile_size)
-        self.calibrate = amp == "int8"   # on the first image predict() is given
+        self.needs_calibration = amp == "int8"
 
     @classmethod
     def from_checkpoint(cls, params_path, ctx=None, **options):
@@ -148,13 +149,28 @@ class Segmenter:
                     meta["model"]["num_classes"], meta["model"]["image_size"], meta.get("epoch"))
         return segmenter
 
+    def calibrate(self, images, names=None):
+        """Build the int8 network (``amp='int8'``) from :data:`CALIBRATION_TILES` tiles spread
+        over ``images``, ``(H, W, C)`` float32 [0, 1] images like those to segment (a first image
+        unlike the rest, blank or of another stain, would calibrate the ranges badly: give a few
+        of the folder). Once; does nothing for other ``amp`` modes or when already calibrated.
+        """
+        if not self.needs_calibration:
+            return
+        images = list(images)[:CALIBRATION_TILES]
+        names = list(names) if names is not None else ["image"] * len(images)
+        counts = [CALIBRATION_TILES // len(images) + (i < CALIBRATION_TILES % len(images))
+                  for i in range(len(images))]
+        tiles = [sample_tiles(self.normalization.apply(match_channels(image, self.channels, name)),
+                              self.tile_size, count)
+                 for image, name, count in zip(images, names, counts)]
+        self.forward_net = int8_inference_network(self.net, np.concatenate(tiles))
+        self.needs_calibration = False
+
     def predict(self, image, name="image"):
         """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
+        self.calibrate([image], [name])       # int8 not yet calibrated: on this image
         image = self.normalization.apply(match_channels(image, self.channels, name))
-        if self.calibrate:
-            self.forward_net = int8_inference_network(
-                self.net, sample_tiles(image, self.tile_size, CALIBRATION_TILES))
-            self.calibrate = False
         probabilities = predict_probabilities(
             self.forward_net, image, self.tile_size, ctx=self.ctx,
             batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
