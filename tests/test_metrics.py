@@ -142,7 +142,7 @@ def test_challenge_pixel_error_is_one_minus_the_best_f_score_over_thresholds():
     target[:2] = 0
     prob = np.where(target > 0, 0.35, 0.15)
     assert pixel_error_fscore(prob, target) == 0.0
-    # A proposal is foreground strictly above a threshold (as the Fiji script): 0.3 at 0.3 is not.
+    # A proposal is foreground strictly above a threshold: a float64 0.3 is not above 0.3.
     assert pixel_error_fscore(np.where(target > 0, 0.3, 0.3), target) == pytest.approx(
         1 - 2 * 80 / (2 * 80 + 20))            # best at 0.0-0.2: all cell, F = 160/180
     # One threshold, F of the cells: 10 cells missed, 5 membrane pixels called cell.
@@ -152,3 +152,6 @@ def test_challenge_pixel_error_is_one_minus_the_best_f_score_over_thresholds():
     f = 2 * 70 / (2 * 70 + 5 + 10)
     assert pixel_error_fscore(pred, target) == pytest.approx(1 - f)
     assert pixel_error_fscore(np.zeros_like(prob), target) == 1.0
+    # Fiji's loop th += 0.1 ends at 0.9999999999999999: saturated cells at exactly 1.0 against
+    # membrane at 0.95 are perfect there.
+    assert pixel_error_fscore(np.where(target > 0, 1.0, 0.95), target) == 0.0

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def kernel():
     # Only a missing compiler skips; a kernel that stops compiling or loading fails here.
-    if shutil.which(os.environ.get("CXX") or "g++") is None:
+    if shutil.which(native._compiler()[0]) is None:
         pytest.skip("no C++ compiler: training uses MXNet's layer norm")
     assert native.width_norm_available(), native._state.get("reason")
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 24), (1, 2, 7, 33), (4, 65)])
-def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape):
+@pytest.mark.parametrize("shape, eps", [((2, 3, 5, 24), 1e-5), ((1, 2, 7, 33), 0.5), ((4, 65), 1.0)])
+def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape, eps):
     rng = np.random.default_rng(0)
     x = mx.nd.array(rng.normal(2.0, 3.0, shape))
     gamma = mx.nd.array(rng.uniform(0.5, 1.5, shape[-1]))
@@ -38,7 +38,7 @@ def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape):
         for a in (x, gamma, beta):
             a.attach_grad()
         with autograd.record():
-            y = op(x, gamma, beta, eps=1e-5)
+            y = op(x, gamma, beta, eps=eps)
         y.backward(head)
         return [a.asnumpy() for a in (y, x.grad, gamma.grad, beta.grad)]
 
@@ -46,6 +46,25 @@ def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape):
     got = run(mx.nd.unet_width_norm)
     for name, e, g in zip(("y", "dx", "dgamma", "dbeta"), expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
+def test_fused_block_adds_up_gradients_where_asked(kernel):
+    # grad_req='add' (gradient accumulation): the operator could only overwrite, so the block
+    # takes its GEMV path; three steps must sum three gradients, as nn.LayerNorm's do.
+    x = mx.nd.random.normal(shape=(2, 3, 4, 16))
+    grads = []
+    for block in (mx.gluon.nn.LayerNorm(), fastnorm.LayerNorm(fused=True)):
+        block.initialize()
+        block.hybridize()
+        block.collect_params().setattr("grad_req", "add")
+        for step in range(3):
+            with autograd.record():
+                y = block(x * (step + 1))
+            y.backward(mx.nd.ones_like(y) * (step + 1))
+        grads.append([block.gamma.grad().asnumpy(), block.beta.grad().asnumpy()])
+    for expected, got in zip(*grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert grads[0][1][0] == pytest.approx(2 * 3 * 4 * (1 + 2 + 3))
 
 
 def _step(net, x, label):
@@ -166,6 +185,17 @@ def test_the_kernel_is_compiled_once_into_the_cache_and_never_after_amp(kernel, 
     # No compiler on the PATH now: only the cached library can make it available.
     second = _python(code, UNET_NATIVE_CACHE=str(cache), PATH=str(tmp_path))
     assert "available True" in second.stdout and built[0].stat().st_mtime_ns == stamp
+    # A damaged cache file is compiled again, not kept failing.
+    built[0].write_bytes(b"not a library")
+    damaged = _python(code, UNET_NATIVE_CACHE=str(cache))
+    assert "available True" in damaged.stdout, damaged.stderr[-2000:]
+    assert built[0].stat().st_size > 1000 and os.access(built[0], os.R_OK | os.X_OK)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert built[0].stat().st_mode & 0o777 == 0o755 & ~umask     # not mkstemp's 0600
+    # $CXX may carry arguments (ccache g++, g++ -O2): a fresh cache compiles with them.
+    with_args = _python(code, UNET_NATIVE_CACHE=str(tmp_path / "cache2"), CXX="g++ -g0")
+    assert "available True" in with_args.stdout, with_args.stderr[-2000:]
     late = _python("""
         from mxnet.contrib import amp
         amp.init(target_dtype="bfloat16")

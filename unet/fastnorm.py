@@ -39,7 +39,9 @@ class LayerNorm(nn.HybridBlock):
     fused : bool, default False
         Compute it with the compiled ``unet_width_norm`` operator of :mod:`unet.native` (load it
         first: :func:`unet.native.width_norm_available`) instead of GEMV products: one sweep over
-        the rows forward and one backward, ~4x faster to train again, no extra memory. CPU only.
+        the rows forward and one backward, ~4x faster to train again, less memory. CPU only.
+        Parameters with ``grad_req='add'`` (gradient accumulation) use the GEMV path: the
+        operator can only overwrite gradients.
 
     Input ``(..., W)`` with at least two axes; output of the same shape.
     """
@@ -60,7 +62,9 @@ class LayerNorm(nn.HybridBlock):
                                     allow_deferred_init=True)
 
     def hybrid_forward(self, F, x, gamma, beta):
-        if self._fused:
+        # The compiled operator always writes its gradients (MXNet's operator API does not pass
+        # the request on): where gradients are to be added up, the GEMV path does it right.
+        if self._fused and "add" not in (self.gamma.grad_req, self.beta.grad_req):
             return F.unet_width_norm(x, gamma, beta, eps=self._epsilon)
         rows = F.reshape(x, shape=(-1, 0), reverse=True)                     # (M, W)
         # Constant ones, taken from x so that they need no shape; BlockGrad keeps them constant.

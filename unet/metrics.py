@@ -96,9 +96,20 @@ def _cells_rand_error(pred_cells, target):
     return float(error)
 
 
+def _fiji_thresholds(start=0.0, stop=1.0, step=0.1):
+    """The thresholds of Fiji's ``for (th = start; th <= stop; th += step)``: 11 for the
+    challenge's 0.0-1.0 in steps of 0.1, the last 0.9999999999999999 (the sum rounds below 1.0),
+    where a saturated probability of exactly 1.0 still counts as foreground."""
+    thresholds, th = [], start
+    while th <= stop:
+        thresholds.append(th)
+        th += step
+    return tuple(thresholds)
+
+
 #: Thresholds on the foreground probability of the ISBI 2012 challenge's Fiji scoring script
-#: (``PixelError.getPixelErrorMaximalFScore(0.0, 1.0, 0.1)``; at 1.0 nothing is above it).
-CHALLENGE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
+#: (``PixelError.getPixelErrorMaximalFScore(0.0, 1.0, 0.1)``).
+CHALLENGE_THRESHOLDS = _fiji_thresholds()
 
 
 def pixel_error_fscore(foreground_prob, target):
@@ -107,7 +118,7 @@ def pixel_error_fscore(foreground_prob, target):
     The challenge (and the U-Net paper's 0.0611) defined it as "1 - the maximal F-score of pixel
     similarity": a pixel is predicted foreground (cell) where ``foreground_prob`` is *above* a
     threshold, the F-score (Dice) of the foreground is taken at each of
-    :data:`CHALLENGE_THRESHOLDS` and the best one counts. It is not :func:`pixel_error`
+    :data:`CHALLENGE_THRESHOLDS` (0.0, 0.1, ..., 0.9 and just under 1.0) and the best one counts. It is not :func:`pixel_error`
     (1 - accuracy, the fraction of wrong pixels): with cells ~80% of an EM slice it is the
     smaller of the two. ``foreground_prob``: ``(H, W)`` probabilities in [0, 1] (or a 0/1
     mask, scored at its one threshold); ``target``: ``(H, W)`` classes, foreground > 0.

@@ -7,8 +7,9 @@ rows once. In a training step of the default model it is ~4x faster than
 :mod:`unet.fastnorm`'s GEMV formulation and ~5x faster than MXNet's own LayerNorm backward.
 
 :func:`width_norm_available` compiles the source with the system's C++ compiler (``$CXX``, else
-``g++``; about 7 s, once) into a cache folder, keyed by a hash of the source, MXNet's headers and
-the flags, and loads it. Where that fails (no compiler, another platform) it logs one warning and
+``g++``; about 7 s, once) into a cache folder, keyed by a hash of the source, MXNet's headers, the
+compiler command, the flags and the machine, and loads it (a cached file that does not load is
+compiled again). Where that fails (no compiler, another platform) it logs one warning and
 returns False, and the network falls back to the pure-MXNet layer norms; ``UNET_NATIVE=0`` turns
 the kernel off. The cache folder is ``$UNET_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/unet``, else
 ``~/.cache/unet``. CPU only, float32 only (AMP keeps it in float32: :mod:`unet.precision`).
@@ -20,6 +21,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -47,38 +50,50 @@ def _mxnet_dir():
 
 
 def _compiler():
-    return os.environ.get("CXX") or "g++"
+    """The compiler command as a list: ``$CXX`` (which may carry arguments, e.g. ``ccache g++``)
+    or ``g++``."""
+    return shlex.split(os.environ.get("CXX") or "") or ["g++"]
 
 
 def library_path():
-    """The cached library for this source, these MXNet headers, compiler and flags."""
+    """The cached library for this source, these MXNet headers, compiler, flags and machine."""
     mx_dir = _mxnet_dir()
     digest = hashlib.sha256()
     for part in (SOURCE, mx_dir / "include" / "mxnet" / "lib_api.h", mx_dir / "src" / "lib_api.cc"):
         digest.update(part.read_bytes())
-    digest.update(" ".join([_compiler()] + FLAGS).encode())
+    digest.update(" ".join(_compiler() + FLAGS + [platform.machine()]).encode())
     return cache_dir() / f"libunet_width_norm-{digest.hexdigest()[:16]}.so"
 
 
-def _compile(target):
-    """Compile into ``target`` under a lock; another process may be doing the same."""
+def _compile(target, replace=None):
+    """Compile into ``target`` under a lock; another process may be doing the same.
+
+    ``replace``: a cached library that failed to load; it is rebuilt unless another process has
+    replaced it meanwhile.
+    """
     mx_dir = _mxnet_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():                 # built by another process meanwhile
-            return
-        if shutil.which(_compiler()) is None:
-            raise RuntimeError(f"no C++ compiler ({_compiler()}; set CXX)")
+        if target.exists() and (replace is None or target.stat().st_ino != replace):
+            return                          # built by another process meanwhile
+        compiler = _compiler()
+        if shutil.which(compiler[0]) is None:
+            raise RuntimeError(f"no C++ compiler ({' '.join(compiler)}; set CXX)")
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            cmd = [_compiler(), *FLAGS, f"-I{mx_dir / 'include'}", str(SOURCE),
+            cmd = [*compiler, *FLAGS, f"-I{mx_dir / 'include'}", str(SOURCE),
                    str(mx_dir / "src" / "lib_api.cc"), "-o", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines()
-                raise RuntimeError(f"{_compiler()} failed: {lines[-1] if lines else done.returncode}")
+                errors = [line for line in lines if "error" in line] or lines
+                raise RuntimeError(f"{compiler[0]} failed: "
+                                   f"{errors[0] if errors else done.returncode}")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o755 & ~umask)   # mkstemp's 0600 would keep other users out
             os.replace(tmp, target)         # a crash never leaves a half-written library
         finally:
             if os.path.exists(tmp):
@@ -116,8 +131,14 @@ def _load():
         if not path.exists():
             log.info("compiling the fused layer-norm kernel into %s", path.parent)
             _compile(path)
-        mx.library.load(str(path), verbose=False)
-    except (OSError, RuntimeError, mx.base.MXNetError) as exc:
+        try:
+            mx.library.load(str(path), verbose=False)
+        except mx.base.MXNetError:
+            # A damaged cache file (a disk error, a copy from elsewhere): rebuild it once.
+            log.info("the cached kernel %s did not load: compiling it again", path)
+            _compile(path, replace=path.stat().st_ino)
+            mx.library.load(str(path), verbose=False)
+    except (OSError, RuntimeError, subprocess.SubprocessError, mx.base.MXNetError) as exc:
         lines = str(exc).strip().splitlines()
         return False, lines[-1] if lines else type(exc).__name__
     if not hasattr(mx.nd, OP_NAME):
