@@ -394,7 +394,7 @@ def child(spec):
     if CPU_MS and spec["task"] in STEP_TASKS:
         row["cpu_ms_median"] = round(median(CPU_MS), 2)
     if "gflop" in result:
-        row["gflops_achieved"] = round(result["gflop"] / (ms / 1e3), 1)
+        row["gflops_achieved"] = float(f"{result['gflop'] / (ms / 1e3):.4g}")  # tiny models too
     images = result.get("images", spec["batch"])
     row["images_per_s"] = round(images / (ms / 1e3), 3)
     row.update({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in result.items()})
