@@ -21,6 +21,7 @@ from .imageio import display_path, read_image, read_mask
 from .inference import (CALIBRATION_TILES, default_mask_path, foreground_probability,
                         write_outputs)
 from .metrics import score_segmentation
+from .tiling import evenly_spaced
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,10 @@ def calibrate_on_samples(segmenter, samples):
     :data:`unet.inference.CALIBRATION_TILES`, one or more tiles each), not on the first alone."""
     if not segmenter.needs_calibration or not samples:
         return
-    count = min(len(samples), CALIBRATION_TILES)
-    chosen = [samples[i] for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]
+    chosen = [samples[i] for i in evenly_spaced(len(samples), CALIBRATION_TILES)]
     segmenter.calibrate([read_image(sample.image_path) for sample in chosen],
                         [display_path(sample.image_path) for sample in chosen])
-    logger.info("int8 calibrated on %d image(s): %s", count,
+    logger.info("int8 calibrated on %d image(s): %s", len(chosen),
                 ", ".join(sample.name for sample in chosen))
 
 

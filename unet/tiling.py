@@ -114,14 +114,18 @@ def _padded_layout(image, tile_size, overlap):
     return padded, rows, cols, (pad_y0, pad_x0)
 
 
+def evenly_spaced(length, count):
+    """Up to ``count`` indices of ``range(length)`` spread evenly, first and last included."""
+    return np.linspace(0, length - 1, min(count, length)).round().astype(int)
+
+
 def sample_tiles(image, tile_size, count=4):
     """Up to ``count`` tiles of a normalized ``(C, H, W)`` image, as the tiling pads and places
     them (no overlap), spread evenly over the image: ``(N, C, T, T)`` float32."""
     padded, rows, cols, _ = _padded_layout(image, tile_size, 0)
     places = [(y, x) for y in rows for x in cols]
-    chosen = np.linspace(0, len(places) - 1, min(count, len(places))).round().astype(int)
     return np.stack([padded[:, y:y + tile_size, x:x + tile_size]
-                     for y, x in (places[i] for i in chosen)])
+                     for y, x in (places[i] for i in evenly_spaced(len(places), count))])
 
 
 def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap=None, tta=False):
