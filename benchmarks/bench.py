@@ -457,7 +457,8 @@ def run_row(spec, timeout):
 
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
-        "amp", "norm", "fast_norm", "fused_norm", "fuse", "mirror", "recompute", "static", "threads", "env",
+        "amp", "norm", "fast_norm", "fused_norm", "fuse", "mirror", "recompute", "static",
+        "threads", "env",
         "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
         "tiled_image")}
     specs = []

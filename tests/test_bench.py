@@ -87,7 +87,8 @@ def test_row_selection_defaults(bench):
 def test_missing_module_gives_a_not_available_row(bench, monkeypatch):
     monkeypatch.setitem(bench.NEEDS, "data", "unet.no_such_module")
     spec = dict(task="data", size=32, channels=1, batch=1, amp="fp32", norm="layer",
-                fast_norm=False, fused_norm=True, fuse=False, mirror=False, recompute=False, static=True, threads=0, env=[])
+                fast_norm=False, fused_norm=True, fuse=False, mirror=False, recompute=False,
+                static=True, threads=0, env=[])
     row = bench.child(spec)
     assert row["status"].startswith("not available: unet.no_such_module")
     assert "not available" in bench.format_table([row])

@@ -26,7 +26,8 @@ def kernel():
     assert native.width_norm_available(), native._state.get("reason")
 
 
-@pytest.mark.parametrize("shape, eps", [((2, 3, 5, 24), 1e-5), ((1, 2, 7, 33), 0.5), ((4, 65), 1.0)])
+@pytest.mark.parametrize("shape, eps", [((2, 3, 5, 24), 1e-5), ((1, 2, 7, 33), 0.5),
+                                        ((4, 65), 1.0)])
 def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape, eps):
     rng = np.random.default_rng(0)
     x = mx.nd.array(rng.normal(2.0, 3.0, shape))

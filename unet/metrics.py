@@ -118,9 +118,9 @@ def pixel_error_fscore(foreground_prob, target):
     The challenge (and the U-Net paper's 0.0611) defined it as "1 - the maximal F-score of pixel
     similarity": a pixel is predicted foreground (cell) where ``foreground_prob`` is *above* a
     threshold, the F-score (Dice) of the foreground is taken at each of
-    :data:`CHALLENGE_THRESHOLDS` (0.0, 0.1, ..., 0.9 and just under 1.0) and the best one counts. It is not :func:`pixel_error`
-    (1 - accuracy, the fraction of wrong pixels): with cells ~80% of an EM slice it is the
-    smaller of the two. ``foreground_prob``: ``(H, W)`` probabilities in [0, 1] (or a 0/1
+    :data:`CHALLENGE_THRESHOLDS` (0.0, 0.1, ..., 0.9 and just under 1.0) and the best one
+    counts. It is not :func:`pixel_error` (1 - accuracy, the fraction of wrong pixels): with cells
+    ~80% of an EM slice it is the smaller of the two. ``foreground_prob``: ``(H, W)`` probabilities in [0, 1] (or a 0/1
     mask, scored at its one threshold); ``target``: ``(H, W)`` classes, foreground > 0.
     """
     prob = np.asarray(foreground_prob, dtype=np.float64)
