@@ -7,24 +7,28 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A pool forked under run_guarded, terminated (SIGTERM to its workers) while they wait for work,
-# as the DataLoader's pool is at the end of every epoch; then Ctrl-C sent to a worker.
+# Loader workers forked under run_guarded: Ctrl-C reaches the whole process group, so a worker
+# ignores it (the parent alone saves and reports); a SIGTERM kills a worker without a traceback,
+# and the parent then stops as on its own SIGTERM: "interrupted", exit code 130.
 SCRIPT = textwrap.dedent("""
-    import multiprocessing, os, signal, sys, time
+    import os, signal, sys, time
     from unet.cli import run_guarded
+    from unet.workers import BatchWorkers
 
     def body():
-        pool = multiprocessing.get_context("fork").Pool(2)
-        workers = [p.pid for p in pool._pool]
-        time.sleep(0.5)
-        os.kill(workers[0], signal.SIGINT)      # ignored by the worker
-        time.sleep(0.5)
-        alive = all(p.is_alive() for p in pool._pool)
-        pool.terminate()
-        pool.join()
-        print("workers alive after SIGINT:", alive)
-        print("handler still ours:", signal.getsignal(signal.SIGTERM).__name__)
-        return 0
+        workers = BatchWorkers(abs, 2)
+        try:
+            first, second = workers.pids
+            os.kill(first, signal.SIGINT)       # ignored by the worker
+            time.sleep(0.5)
+            print("results after SIGINT:", list(workers.map([-1, -2, -3])), flush=True)
+            print("handler still ours:", signal.getsignal(signal.SIGTERM).__name__, flush=True)
+            os.kill(second, signal.SIGTERM)
+            time.sleep(0.5)
+            list(workers.map([-4, -5]))
+            return 0
+        finally:
+            workers.close()
 
     sys.exit(run_guarded(body))
 """)
@@ -33,7 +37,8 @@ SCRIPT = textwrap.dedent("""
 def test_forked_workers_ignore_ctrl_c_and_die_quietly_on_sigterm():
     run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert "workers alive after SIGINT: True" in run.stdout
+    assert run.returncode == 130, run.stderr
+    assert "results after SIGINT: [1, 2, 3]" in run.stdout
+    assert run.stderr.strip() == "interrupted"
     assert "handler still ours: _terminate" in run.stdout
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr

@@ -183,6 +183,25 @@ def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name, w
     assert read_meta(last_path(ckpt))["epoch"] == 3
 
 
+def test_a_killed_loader_worker_saves_the_state_and_exits_1(tmp_path, demo):
+    # The OOM killer takes worker 0 after step 3. Step 4's batch came from worker 1, so epoch 2
+    # ends and is saved; epoch 3's first batch is worker 0's: one line, the state saved again.
+    ckpt = tmp_path / "unet.params"
+    args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
+            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY + ["--num-workers", "2"]
+    env = dict(os.environ, UNET_KILL_AT="train.step:3", UNET_KILL_SIGNAL="KILL-WORKER")
+    stopped = _segmenter(args, env, new_session=True)
+    assert stopped.returncode == 1, stopped.stderr
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "was killed by SIGKILL" in errors[0], stopped.stderr
+    assert "state saved" in stopped.stderr and "Traceback" not in stopped.stderr
+    meta = read_meta(last_path(ckpt))
+    assert meta["epoch"] == 2 and meta["global_step"] == 4
+    done = _segmenter(args + ["--checkpoint", "load"])
+    assert done.returncode == 0, done.stderr
+    assert read_meta(last_path(ckpt))["epoch"] == 3
+
+
 @pytest.mark.parametrize("problem, expected", [
     ("missing_mask", "without a mask"),
     ("size_mismatch", "64x32"),

@@ -19,7 +19,7 @@ from imgaug.augmentables.batches import UnnormalizedBatch
 from imgaug.augmentables.heatmaps import HeatmapsOnImage
 from imgaug.augmentables.segmaps import SegmentationMapsOnImage
 
-cv2.setNumThreads(0)  # the DataLoader's worker processes are the parallelism
+cv2.setNumThreads(0)  # the loader's worker processes are the parallelism
 
 
 def mirror_pad(array, size):

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from .errors import InputError, TrainingDiverged
+from .errors import InputError, TrainingDiverged, WorkerDied
 
 log = logging.getLogger("unet")
 
@@ -52,9 +52,9 @@ def _calm_forked_child():
     """In a process forked under :func:`run_guarded` (the data loader's workers): SIGTERM kills
     quietly and Ctrl-C is left to the parent.
 
-    The parent's pool terminates its workers with SIGTERM at the end of every epoch, and a
-    terminal sends Ctrl-C to the whole process group; with the inherited handlers every worker
-    would print a KeyboardInterrupt traceback. The parent alone saves and reports.
+    A terminal sends Ctrl-C to the whole process group, and a scheduler's cancel SIGTERM; with
+    the inherited handlers every worker would print a KeyboardInterrupt traceback. The parent
+    alone saves and reports (a worker's death by SIGTERM stops it too, :mod:`unet.workers`).
     """
     if signal.getsignal(signal.SIGTERM) is _terminate:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -72,7 +72,7 @@ def run_guarded(body):
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return body()
-    except (InputError, TrainingDiverged) as exc:
+    except (InputError, TrainingDiverged, WorkerDied) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except ValueError as exc:        # a bad option value caught by a config's validation

@@ -1,11 +1,10 @@
 """The training Dataset (augmented crops, weight maps) and its loaders.
 
-Augmentation is seeded per sample from ``(seed, epoch, index)``: MXNet 1.9.1's forked workers
-inherit one RNG state, so anything else repeats augmentations across workers, and the results
-would differ between 0 and N workers.
+Augmentation is seeded per sample from ``(seed, epoch, index)``: forked workers inherit one RNG
+state, so anything else repeats augmentations across workers, and the results would differ
+between 0 and N workers.
 """
 import logging
-import multiprocessing.pool
 import time
 
 import cv2
@@ -17,9 +16,10 @@ from .augment import build_augmenter, center_crop
 from .data import match_channels
 from .imageio import display_path, read_image, read_mask
 from .weightmap import border_weight_map
+from .workers import BatchWorkers
 
 log = logging.getLogger(__name__)
-cv2.setNumThreads(0)  # the DataLoader's worker processes are the parallelism
+cv2.setNumThreads(0)  # the loader's worker processes are the parallelism
 
 
 def sample_seed(seed, epoch, index):
@@ -111,17 +111,6 @@ class SegmentationDataset(gluon.data.Dataset):
                 np.ascontiguousarray(weight, dtype=np.float32))
 
 
-class _FixedOrder(gluon.data.Sampler):
-    def __init__(self, order):
-        self.order = [int(i) for i in order]
-
-    def __iter__(self):
-        return iter(self.order)
-
-    def __len__(self):
-        return len(self.order)
-
-
 def epoch_order(count, shuffle, epoch, seed):
     """The sample order of one epoch: ``range(count)``, or a permutation drawn from
     ``(seed, epoch)`` when ``shuffle``."""
@@ -134,12 +123,11 @@ def epoch_order(count, shuffle, epoch, seed):
 class EpochLoader:
     """One loader for a whole run; ``loader.epoch(e)`` gives the batches of epoch ``e``.
 
-    The worker processes are forked once, when the loader is made, and serve every epoch: make
-    it before the network. MXNet 1.9.1's DataLoader forks its workers when it is made (after a
-    full garbage collection), and workers forked from a process that holds the network share its
-    memory pages: every page the next training step writes is then copied. The workers learn the
-    epoch from the sample indices they are sent, so the batches do not depend on the number of
-    workers.
+    The worker processes (:class:`unet.workers.BatchWorkers`) are forked once, when the loader
+    is made, and serve every epoch: make it before the network, since workers forked from a
+    process that holds the network share its memory pages, and every page the next training
+    step writes is then copied. The workers are sent the epoch with the sample indices, so the
+    batches do not depend on the number of workers.
 
     Parameters
     ----------
@@ -161,91 +149,45 @@ class EpochLoader:
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
                              f"{num_workers!r}")
-        self._batches = _EpochBatches(len(dataset), batch_size, shuffle, seed)
-        self._loader = gluon.data.DataLoader(_EpochView(dataset), batch_sampler=self._batches,
-                                             num_workers=num_workers, batchify_fn=stack_numpy)
+        self.dataset, self.batch_size, self.shuffle, self.seed = (dataset, int(batch_size),
+                                                                  bool(shuffle), int(seed))
+        count = len(dataset)
+        # A dataset smaller than one batch still gives one (smaller) batch.
+        self._num_batches = max(1, count // self.batch_size) if count else 0
+        self.workers = BatchWorkers(self._batch, num_workers) if num_workers else None
+
+    def _batch(self, task):
+        epoch, indices = task
+        return stack_numpy([self.dataset.item(epoch, i) for i in indices])
+
+    def _tasks(self, epoch):
+        order = epoch_order(len(self.dataset), self.shuffle, epoch, self.seed)
+        return [(int(epoch), [int(i) for i in order[k * self.batch_size:
+                                                     (k + 1) * self.batch_size]])
+                for k in range(self._num_batches)]
 
     def epoch(self, epoch):
-        """An iterable over the batches of ``epoch``: tuples of numpy arrays."""
-        self._batches.epoch = int(epoch)
-        return self._loader
+        """An iterator over the batches of ``epoch``: tuples of numpy arrays."""
+        tasks = self._tasks(epoch)
+        if self.workers is None:
+            return map(self._batch, tasks)
+        return self.workers.map(tasks)
 
     def __len__(self):
-        return len(self._batches)
+        return self._num_batches
 
     def close(self):
-        """Stop the worker processes (also done when the loader is garbage-collected), also
-        when some were killed from outside."""
-        pool, self._loader._worker_pool = self._loader._worker_pool, None
-        if pool is not None:
-            terminate_pool(pool)
-
-
-def terminate_pool(pool, timeout=10.0):
-    """``pool.terminate()`` for a ``multiprocessing.Pool`` that also returns when a worker was
-    killed from outside.
-
-    An idle worker waits for its next task holding the task queue's read lock, and
-    ``Pool.terminate`` first takes that lock: a worker killed while waiting (a SIGTERM sent to the
-    whole process group, as ``pkill -f`` or a batch scheduler's cancel does; the OOM killer) keeps
-    it taken forever, and terminate hangs. So the pool first stops replacing dead workers, its
-    workers are killed, and the lock is freed before terminating. Uses the internals of
-    Python 3.10-3.11's ``multiprocessing.pool``.
-    """
-    handler = pool._worker_handler
-    handler._state = multiprocessing.pool.TERMINATE
-    pool._change_notifier.put(None)         # wakes the handler, which then stops
-    handler.join(timeout)
-    workers = list(pool._pool)
-    for worker in workers:
-        worker.kill()
-    for worker in workers:
-        worker.join(timeout)
-    # No worker is alive: whether the lock was free or held by a killed worker, it is free after.
-    lock = pool._inqueue._rlock
-    lock.acquire(block=False)
-    lock.release()
-    pool.terminate()
-
-
-class _EpochView(gluon.data.Dataset):
-    """Item ``epoch * len(dataset) + index`` is ``dataset.item(epoch, index)``: the workers learn
-    the epoch from the indices they are sent."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        return self.dataset.item(*divmod(int(key), len(self.dataset)))
-
-
-class _EpochBatches(gluon.data.Sampler):
-    """Batches of keys ``epoch * count + index`` for :class:`_EpochView`, in the epoch's order."""
-
-    def __init__(self, count, batch_size, shuffle, seed):
-        self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
-        self.epoch = 0
-        # A dataset smaller than one batch still gives one (smaller) batch.
-        self.last_batch = "keep" if count < batch_size else "discard"
-
-    def __iter__(self):
-        keys = self.epoch * self.count + epoch_order(self.count, self.shuffle, self.epoch,
-                                                     self.seed)
-        return iter(gluon.data.BatchSampler(_FixedOrder(keys), self.batch_size, self.last_batch))
-
-    def __len__(self):
-        return len(gluon.data.BatchSampler(range(self.count), self.batch_size, self.last_batch))
+        """Stop the worker processes; safe to call twice."""
+        if self.workers is not None:
+            self.workers.close()
 
 
 def stack_numpy(samples):
     """Batch a list of ``(image, label, weight)`` numpy tuples into numpy arrays.
 
-    MXNet's default batchify hands NDArrays from the workers over as shared-memory file
-    descriptors, and 1.9.1 can close such a descriptor twice: the second close then hits
-    whatever file reused the number (seen as ``EBADF`` while a checkpoint was being written).
-    Plain numpy arrays travel pickled through the pool's pipe instead.
+    Plain numpy arrays travel pickled through the workers' pipes. (MXNet's DataLoader hands
+    NDArrays over as shared-memory file descriptors, and 1.9.1 can close such a descriptor twice:
+    the second close then hits whatever file reused the number, seen as ``EBADF`` while a
+    checkpoint was being written.)
     """
     return tuple(np.stack(field) for field in zip(*samples))

@@ -1,4 +1,4 @@
-"""The package's one user-facing error type.
+"""The package's error types that the CLIs turn into one line on stderr.
 
 Anything the user can fix (a missing file, an unreadable PNG, an image/mask size mismatch, a
 checkpoint that does not fit) is raised as :class:`InputError` with a one-line message that names
@@ -19,3 +19,10 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept. Exit code 3."""
 
     exit_code = 3
+
+
+class WorkerDied(Exception):
+    """A data-loader worker process died with batches pending; the run saved its state first.
+    Exit code 1."""
+
+    exit_code = 1

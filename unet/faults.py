@@ -3,12 +3,14 @@
 Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it passes ``POINT``;
 ``UNET_KILL_SIGNAL=INT`` (or ``TERM``) sends that signal instead of SIGKILL, to test the clean
 exits; ``TERM-GROUP`` sends SIGTERM to the whole process group, the data-loader workers included,
-as ``pkill -f`` or a batch scheduler's cancel does.
+as ``pkill -f`` or a batch scheduler's cancel does; ``KILL-WORKER`` kills the child process whose name
+sorts first (data-loader worker 0) instead, as the OOM killer might.
 Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating),
 ``checkpoint.params_written`` (weights in a temp file, nothing renamed), ``checkpoint.renamed``
 (weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
 Unset (the normal case), :func:`point` costs one dictionary lookup.
 """
+import multiprocessing
 import os
 import signal
 
@@ -30,5 +32,8 @@ def point(name):
         kind, _, scope = os.environ.get(SIGNAL_ENV, "KILL").partition("-")
         if scope == "GROUP":
             os.killpg(os.getpgrp(), getattr(signal, f"SIG{kind}"))
+        elif scope == "WORKER":
+            worker = min(multiprocessing.active_children(), key=lambda child: child.name)
+            os.kill(worker.pid, getattr(signal, f"SIG{kind}"))
         else:
             os.kill(os.getpid(), getattr(signal, f"SIG{kind}"))

@@ -144,7 +144,7 @@ class Cluster:
 
     def _signal(self, proc, sig):
         try:
-            os.killpg(proc.pid, sig)  # the process and anything it started (DataLoader workers)
+            os.killpg(proc.pid, sig)  # the process and anything it started (loader workers)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -162,7 +162,7 @@ class Cluster:
                        if n.role == "worker" and p.poll() is None]
             for proc in workers:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGINT)  # the worker only, not its DataLoader
+                    os.kill(proc.pid, signal.SIGINT)  # the worker only, not its loader
             self._wait(self.timeout, workers)
         alive = [p for p in self.procs if p.poll() is None]
         for proc in alive:

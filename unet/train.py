@@ -21,7 +21,7 @@ from .data import prepare_data
 from .dataset import EpochLoader, SegmentationDataset
 from .distributed import (create_kvstore, finish, shard_indices, sync_initial_params,
                           trainer_kwargs)
-from .errors import InputError
+from .errors import InputError, WorkerDied
 from .inference import contexts as device_contexts
 from .lock import RunLock
 from .losses import SegmentationLoss
@@ -98,7 +98,8 @@ def train(cfg):
     """Train as ``cfg`` (:class:`~unet.train_config.TrainConfig`) says; returns the final meta.
 
     Raises :class:`InputError` for bad data or checkpoints, :class:`TrainingDiverged` on a NaN
-    loss, ``KeyboardInterrupt`` after saving the state when interrupted.
+    loss, ``KeyboardInterrupt`` after saving the state when interrupted, and :class:`WorkerDied`
+    after saving it when a data-loader worker died.
     """
     os.makedirs(os.path.dirname(os.path.abspath(cfg.checkpoint_file)), exist_ok=True)
     if cfg.recompute:
@@ -111,7 +112,10 @@ def train(cfg):
         run.loop()
         finish(run.is_dist)
     except KeyboardInterrupt:
-        run.save_interrupted()
+        run.save_interrupted("interrupted")
+        raise
+    except WorkerDied:
+        run.save_interrupted("a data-loader worker died")
         raise
     finally:
         run.close()
@@ -271,11 +275,11 @@ class _Run:
         if self.lock is not None:
             self.lock.release()
 
-    def save_interrupted(self):
+    def save_interrupted(self, reason):
         if not self.is_chief:
             return
         self.saver.save(self.cfg.learning_rate_at(self.state.epoch), None, best=False)
-        log.warning("interrupted: state saved to %s at step %d; resume with --checkpoint=load",
+        log.warning("%s: state saved to %s at step %d; resume with --checkpoint=load", reason,
                     ckpt.last_path(self.cfg.checkpoint_file), self.state.global_step)
 
 
