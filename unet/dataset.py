@@ -139,13 +139,17 @@ class EpochLoader:
     num_workers : int
         Worker processes; 0 loads in the calling process.
     seed : int, default 0
+    timeout : float, default 600
+        Seconds to wait for one batch from a worker before giving up
+        (:class:`unet.errors.WorkerDied`): a worker that hangs without dying would otherwise stop
+        the run for good.
 
     Batches are tuples of numpy arrays (:func:`stack_numpy`) of ``len(dataset) // batch_size``
     full batches; the incomplete last batch is discarded, except that a dataset smaller than one
     batch gives one smaller batch. The caller copies them to its devices.
     """
 
-    def __init__(self, dataset, batch_size, shuffle, num_workers, seed=0):
+    def __init__(self, dataset, batch_size, shuffle, num_workers, seed=0, timeout=600.0):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size!r}, "
                              f"{num_workers!r}")
@@ -154,7 +158,8 @@ class EpochLoader:
         count = len(dataset)
         # A dataset smaller than one batch still gives one (smaller) batch.
         self._num_batches = max(1, count // self.batch_size) if count else 0
-        self.workers = BatchWorkers(self._batch, num_workers) if num_workers else None
+        self.workers = (BatchWorkers(self._batch, num_workers, timeout=timeout) if num_workers
+                        else None)
 
     def _batch(self, task):
         epoch, indices = task
@@ -167,11 +172,11 @@ class EpochLoader:
                 for k in range(self._num_batches)]
 
     def epoch(self, epoch):
-        """An iterator over the batches of ``epoch``: tuples of numpy arrays."""
+        """An iterable over the batches of ``epoch`` (tuples of numpy arrays), with a length."""
         tasks = self._tasks(epoch)
         if self.workers is None:
-            return map(self._batch, tasks)
-        return self.workers.map(tasks)
+            return _Sized(map(self._batch, tasks), len(tasks))
+        return _Sized(self.workers.map(tasks), len(tasks))
 
     def __len__(self):
         return self._num_batches
@@ -180,6 +185,19 @@ class EpochLoader:
         """Stop the worker processes; safe to call twice."""
         if self.workers is not None:
             self.workers.close()
+
+
+class _Sized:
+    """An iterator with a length, for progress bars."""
+
+    def __init__(self, iterator, length):
+        self.iterator, self.length = iterator, length
+
+    def __iter__(self):
+        return self.iterator
+
+    def __len__(self):
+        return self.length
 
 
 def stack_numpy(samples):
