@@ -166,8 +166,10 @@ def test_resume_removes_what_a_killed_write_left(tmp_path, demo):
 
 
 # TERM-GROUP: SIGTERM to the whole process group (pkill -f, a batch scheduler's cancel), which
-# kills the loader's worker processes too; closing their pool used to hang after the save.
-@pytest.mark.parametrize("signal_name, workers", [("INT", "0"), ("TERM", "0"), ("TERM-GROUP", "2")])
+# kills the loader's worker processes too; MXNet's DataLoader pool re-forked them and hung the save.
+# INT-GROUP: Ctrl-C in a terminal, which the workers ignore.
+@pytest.mark.parametrize("signal_name, workers", [("INT", "0"), ("TERM", "0"), ("TERM-GROUP", "2"),
+                                                  ("INT-GROUP", "2")])
 def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name, workers):
     ckpt = tmp_path / "unet.params"
     args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
