@@ -57,7 +57,8 @@ def test_an_exception_in_a_worker_is_raised_again_with_its_traceback():
             list(workers.map([1, 2, "bad", 4]))
         assert isinstance(caught.value.__cause__, RemoteTraceback)
         assert "in square" in str(caught.value.__cause__)     # the worker's own frames
-        with pytest.raises(RuntimeError, match="(?s)in a data-loader worker:.*TwoArgumentError: odd"):
+        unpicklable = "(?s)in a data-loader worker:.*TwoArgumentError: odd"
+        with pytest.raises(RuntimeError, match=unpicklable):
             list(workers.map(["odd"]))
         with pytest.raises(Exception, match="pickle"):    # a result that cannot be sent back
             list(workers.map(["unpicklable"]))

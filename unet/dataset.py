@@ -174,9 +174,8 @@ class EpochLoader:
     def epoch(self, epoch):
         """An iterable over the batches of ``epoch`` (tuples of numpy arrays), with a length."""
         tasks = self._tasks(epoch)
-        if self.workers is None:
-            return _Sized(map(self._batch, tasks), len(tasks))
-        return _Sized(self.workers.map(tasks), len(tasks))
+        batches = map(self._batch, tasks) if self.workers is None else self.workers.map(tasks)
+        return _Sized(batches, len(tasks))
 
     def __len__(self):
         return self._num_batches
