@@ -223,10 +223,16 @@ def run_train(spec):
 
 
 def prepare_infer_net(spec, size):
-    """A ready inference net for the spec (bf16 conversion, oneDNN fusion) and its input."""
+    """A ready inference net for the spec (bf16 conversion, oneDNN fusion, the Winograd copy),
+    its input, and a function that returns the fp32 output of MXNet's own convolutions."""
     cfg, net = build_net(spec, size, amp_init=False)
     x, _, _ = inputs(spec, cfg, size)
-    reference = net(x)
+    winograd = spec["amp"] == "fp32" and spec["winograd"] and not spec["fuse"]
+    # With the Winograd copy, the reference runs last: a pass of MXNet's convolutions moves the
+    # shared weights into its oneDNN layout (the kernel would then be handed a converted copy on
+    # every call, which evaluate.py never pays) and keeps its own buffers.
+    reference = None if winograd else net(x)
+    plain = net
     if spec["amp"] == "bf16":   # as evaluate.py --amp bf16 does
         from unet.precision import bf16_inference_network
         net = bf16_inference_network(net, cfg.in_channels, size)
@@ -235,12 +241,20 @@ def prepare_infer_net(spec, size):
         from unet.precision import int8_inference_network
         tiles = np.random.default_rng(1).uniform(-1, 1, (4, cfg.in_channels, size, size))
         net = int8_inference_network(net, tiles.astype(np.float32))
+    elif winograd:                  # as evaluate.py does in fp32
+        from unet.model import inference_copy
+        net = inference_copy(net)
+        if spec["static"]:
+            net.hybridize(static_alloc=True, static_shape=True)
+        else:
+            net.hybridize()
+    spec["conv_kernel"] = getattr(net, "conv_kernel", "mxnet")
     if spec["fuse"]:
         net.optimize_for(x, backend="MKLDNN", static_alloc=spec["static"],
                          static_shape=spec["static"])
         graph = json.loads(net._cached_graph[1].tojson())
         spec["fused_nodes"] = sum(n["op"].startswith("_sg_mkldnn") for n in graph["nodes"])
-    return cfg, net, x, reference
+    return cfg, net, x, (lambda: plain(x)) if reference is None else (lambda: reference)
 
 
 def run_infer(spec):
@@ -251,14 +265,16 @@ def run_infer(spec):
         net(x).wait_to_read()
 
     first, times = timed(forward, spec["warmup"], spec["repeat"])
+    peak = peak_rss_mb()            # before a late reference pass adds its own buffers
     probs = mx.nd.softmax(net(x).astype("float32"), axis=1)
-    ref_probs = mx.nd.softmax(reference, axis=1)
+    ref_probs = mx.nd.softmax(reference(), axis=1)
     diff = mx.nd.abs(probs - ref_probs)
     agree = mx.nd.mean(probs.argmax(axis=1) == ref_probs.argmax(axis=1))
     return dict(first_ms=first, times_ms=times, max_prob_diff_vs_fp32=float(diff.max().asscalar()),
                 mean_prob_diff_vs_fp32=float(diff.mean().asscalar()),
                 argmax_agreement_vs_fp32=float(agree.asscalar()),
-                fused_nodes=spec.get("fused_nodes"),
+                fused_nodes=spec.get("fused_nodes"), conv_kernel=spec["conv_kernel"],
+                peak_rss_mb=round(peak, 1),
                 gflop=spec["batch"] * conv_gflop(cfg, spec["size"], spec["size"]))
 
 
@@ -405,8 +421,10 @@ def child(spec):
 
 def variant_name(spec):
     parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
-    if not spec["fused_norm"]:
+    if not spec["fused_norm"] and spec["task"] in ("train", "epoch"):
         parts.append("unfused")
+    if not spec["winograd"] and spec["task"] in ("infer", "tiled"):
+        parts.append("direct-conv")
     parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
     if not spec["static"] and not spec["recompute"]:
         parts.append("dynamic")
@@ -421,7 +439,7 @@ def child_env(spec):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if spec["mirror"]:
         env["MXNET_BACKWARD_DO_MIRROR"] = "1"
-    if not spec["fused_norm"]:
+    if not spec["fused_norm"] and spec["task"] in ("train", "epoch"):
         env["UNET_NATIVE"] = "0"
     if spec["fuse"] and spec["norm"] == "layer":
         # MXNet 1.9.1 wires the wrong inputs into a conv+sum fusion next to a LayerNorm
@@ -457,7 +475,7 @@ def run_row(spec, timeout):
 
 def row_specs(args):
     base = {k: getattr(args, k) for k in (
-        "amp", "norm", "fast_norm", "fused_norm", "fuse", "mirror", "recompute", "static",
+        "amp", "norm", "fast_norm", "fused_norm", "winograd", "fuse", "mirror", "recompute", "static",
         "threads", "env",
         "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
         "tiled_image")}
@@ -493,6 +511,8 @@ def format_table(rows):
             note = (f"prob diff to fp32 max {r['max_prob_diff_vs_fp32']:.2g} mean "
                     f"{r['mean_prob_diff_vs_fp32']:.2g}, same class "
                     f"{100 * r['argmax_agreement_vs_fp32']:.2f}%")
+        if r.get("conv_kernel") == "winograd":
+            note = "3x3 convs: Winograd kernel" + (f"; {note}" if note else "")
         lines.append((r["task"], str(r["size"]), str(r["channels"]), r["variant"],
                       f"{r['ms_median']:.0f}", f"{r['ms_min']:.0f}-{r['ms_max']:.0f}",
                       f"{r['images_per_s']:.2f}", str(r.get("gflops_achieved", "-")),
@@ -527,6 +547,9 @@ def build_parser():
     g.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
                    help="training: MXNet's layer norms (or --fast-norm's) instead of the compiled "
                         "kernel of unet.native that segmenter.py uses on CPUs")
+    g.add_argument("--no-winograd", dest="winograd", action="store_false",
+                   help="inference in fp32: MXNet's own 3x3 convolutions instead of the compiled "
+                        "Winograd kernel of unet.native that evaluate.py uses on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
     g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")

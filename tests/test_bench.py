@@ -87,16 +87,17 @@ def test_row_selection_defaults(bench):
 def test_missing_module_gives_a_not_available_row(bench, monkeypatch):
     monkeypatch.setitem(bench.NEEDS, "data", "unet.no_such_module")
     spec = dict(task="data", size=32, channels=1, batch=1, amp="fp32", norm="layer",
-                fast_norm=False, fused_norm=True, fuse=False, mirror=False, recompute=False,
-                static=True, threads=0, env=[])
+                fast_norm=False, fused_norm=True, winograd=True, fuse=False, mirror=False,
+                recompute=False, static=True, threads=0, env=[])
     row = bench.child(spec)
     assert row["status"].startswith("not available: unet.no_such_module")
     assert "not available" in bench.format_table([row])
 
 
 def test_variant_environment(bench):
-    spec = dict(amp="bf16", norm="layer", fast_norm=True, fused_norm=False, fuse=True, mirror=True,
-                recompute=False, static=False, threads=2, env=["MALLOC_ARENA_MAX=2"])
+    spec = dict(task="train", amp="bf16", norm="layer", fast_norm=True, fused_norm=False,
+                winograd=False, fuse=True, mirror=True, recompute=False, static=False, threads=2,
+                env=["MALLOC_ARENA_MAX=2"])
     env = bench.child_env(spec)
     assert env["MXNET_BACKWARD_DO_MIRROR"] == "1" and env["OMP_NUM_THREADS"] == "2"
     assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
@@ -104,3 +105,9 @@ def test_variant_environment(bench):
     assert bench.variant_name(spec) == \
         "bf16 layer-fast unfused fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
     assert "UNET_NATIVE" not in bench.child_env(dict(spec, fused_norm=True))
+    # Inference rows: the layer-norm kernel does not apply, the Winograd one does.
+    infer = dict(spec, task="infer", amp="fp32", fuse=False, mirror=False, static=True,
+                 threads=0, env=[])
+    assert "UNET_NATIVE" not in bench.child_env(infer)
+    assert bench.variant_name(infer) == "fp32 layer-fast direct-conv"
+    assert bench.variant_name(dict(infer, winograd=True)) == "fp32 layer-fast"

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 
 import cv2
 import mxnet as mx
@@ -292,6 +293,26 @@ def test_bf16_and_int8_inference_agree_with_fp32(tmp_path, capsys, checkpoint, l
         assert np.abs(other - fp32).mean() < 0.02
         assert ((other >= 0.5) == (fp32 >= 0.5)).mean() > 0.98
         assert not np.array_equal(other, fp32)   # it really ran in bfloat16 / int8
+
+
+def test_winograd_fp32_agrees_with_mxnet_convolutions(tmp_path, capsys, checkpoint):
+    from unet import native, winograd
+    segmenter = Segmenter.from_checkpoint(str(checkpoint))
+    if shutil.which(native._compiler()[0]) is not None:
+        assert isinstance(segmenter.forward_net.stem.conv1, winograd.Conv2D)
+    assert not isinstance(segmenter.net.stem.conv1, winograd.Conv2D)     # export, int8, bf16
+    plain = Segmenter.from_checkpoint(str(checkpoint), winograd=False)
+    assert plain.forward_net is plain.net
+    dataset(tmp_path / "data", [(40, 56), (64, 31)], masked={0, 1})
+    probabilities = {}
+    for name, flags in (("winograd", []), ("direct", ["--no-winograd"])):
+        out = tmp_path / name
+        code, _, err = run(capsys, "--data-dir", tmp_path / "data", "--network-param", checkpoint,
+                           "--output", out, "--probabilities", "npy", *flags)
+        assert code == 0, err
+        probabilities[name] = [np.load(out / f"img{i}_prob.npy") for i in (0, 1)]
+    for fast, direct in zip(probabilities["winograd"], probabilities["direct"]):
+        np.testing.assert_allclose(fast, direct, atol=1e-4)
 
 
 def test_int8_quantizes_the_convolutions_on_the_first_image_and_refuses_gpus(checkpoint):

@@ -1,5 +1,7 @@
 """unet.native: the compiled layer norm computes nn.LayerNorm's function and gradients, trains
-under bf16 AMP, and its absence (no compiler) falls back with one warning."""
+under bf16 AMP, and its absence (no compiler) falls back with one warning; the Winograd 3x3
+convolution computes nn.Conv2D's forward pass, follows changed weights, refuses to train, and its
+absence (no oneDNN wheel) falls back with one warning."""
 import os
 import shutil
 import subprocess
@@ -12,8 +14,8 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from unet import fastnorm, native
-from unet.model import build_unet, initializer
+from unet import fastnorm, native, winograd
+from unet.model import build_unet, inference_copy, initializer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +25,7 @@ def kernel():
     # Only a missing compiler skips; a kernel that stops compiling or loading fails here.
     if shutil.which(native._compiler()[0]) is None:
         pytest.skip("no C++ compiler: training uses MXNet's layer norm")
-    assert native.width_norm_available(), native._state.get("reason")
+    assert native.width_norm_available(), native.reason(native.WIDTH_NORM)
 
 
 @pytest.mark.parametrize("shape, eps", [((2, 3, 5, 24), 1e-5), ((1, 2, 7, 33), 0.5),
@@ -175,7 +177,7 @@ def test_the_kernel_is_compiled_once_into_the_cache_and_never_after_amp(kernel, 
     cache = tmp_path / "cache"
     code = """
         from unet import native
-        print("available", native.width_norm_available(), native._state.get("reason"))
+        print("available", native.width_norm_available(), native.reason(native.WIDTH_NORM))
     """
     first = _python(code, UNET_NATIVE_CACHE=str(cache))
     assert "available True" in first.stdout, first.stderr[-2000:]
@@ -201,6 +203,98 @@ def test_the_kernel_is_compiled_once_into_the_cache_and_never_after_amp(kernel, 
         from mxnet.contrib import amp
         amp.init(target_dtype="bfloat16")
         from unet import native
-        print("available", native.width_norm_available(), native._state.get("reason"))
+        print("available", native.width_norm_available(), native.reason(native.WIDTH_NORM))
     """, UNET_NATIVE_CACHE=str(cache))
     assert "available False mxnet.contrib.amp was initialized" in late.stdout, late.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def conv_kernel():
+    if shutil.which(native._compiler()[0]) is None:
+        pytest.skip("no C++ compiler: inference uses MXNet's convolutions")
+    assert native.conv3x3_available(), native.reason(native.CONV3X3)
+
+
+def _convolution(x, weight, bias):
+    return mx.nd.Convolution(x, weight, bias, kernel=(3, 3), pad=(1, 1),
+                             num_filter=weight.shape[0]).asnumpy()
+
+
+def _assert_close(got, expected):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("n, c, k, h, w", [(1, 1, 8, 32, 48), (2, 16, 32, 20, 36),
+                                           (3, 5, 3, 7, 9), (1, 64, 64, 32, 32)])
+def test_winograd_conv_matches_mxnet_convolution(conv_kernel, n, c, k, h, w):
+    rng = np.random.default_rng(0)
+    x = mx.nd.array(rng.normal(0.0, 1.0, (n, c, h, w)))
+    weight = mx.nd.array(rng.normal(0.0, (2.0 / (9 * c)) ** 0.5, (k, c, 3, 3)))
+    bias = mx.nd.array(rng.normal(0.0, 0.5, k))
+    _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
+
+
+def test_winograd_conv_follows_changed_weights(conv_kernel):
+    # The kernel keeps transformed weights between calls: weights written in place, and new
+    # arrays (whose addresses the allocator may hand out again), must never meet stale ones.
+    rng = np.random.default_rng(1)
+    x = mx.nd.array(rng.normal(0.0, 1.0, (2, 8, 16, 16)))
+    weight = mx.nd.array(rng.normal(0.0, 0.2, (8, 8, 3, 3)))
+    bias = mx.nd.zeros(8)
+    for scale in (1.0, -0.5, 3.0):
+        weight[:] = weight * scale
+        _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
+    for seed in range(4):
+        fresh = mx.nd.array(np.random.default_rng(seed).normal(0.0, 0.2, (8, 8, 3, 3)))
+        _assert_close(mx.nd.unet_conv3x3(x, fresh, bias).asnumpy(), _convolution(x, fresh, bias))
+        del fresh
+
+
+def test_inference_copy_shares_the_weights_and_computes_the_same(conv_kernel, make_net, tmp_path):
+    net = make_net(norm="layer")
+    fast = inference_copy(net)
+    assert fast is not net and isinstance(fast.stem.conv1, winograd.Conv2D)
+    assert isinstance(fast.up[0].conv, winograd.Conv2D) and not isinstance(
+        net.stem.conv1, winograd.Conv2D)
+    assert fast.stem.conv1.weight is net.stem.conv1.weight
+    assert inference_copy(net, winograd=False) is net and inference_copy(fast) is fast
+    x = mx.nd.array(np.random.default_rng(2).uniform(-1, 1, (3, 1, 32, 32)))
+    net.hybridize(static_alloc=True)
+    fast.hybridize(static_alloc=True)
+    _assert_close(fast(x).asnumpy(), net(x).asnumpy())
+    # New weights loaded into the network reach the copy.
+    other = make_net(seed=5)
+    other.save_parameters(str(tmp_path / "other.params"))
+    net.load_parameters(str(tmp_path / "other.params"))
+    _assert_close(fast(x).asnumpy(), other(x).asnumpy())
+    # The kernel has no gradient: training the copy fails loudly, not silently.
+    with pytest.raises(mx.base.MXNetError, match="no backward pass"):
+        with autograd.record():
+            y = fast(x)
+        y.backward()
+        mx.nd.waitall()
+
+
+def test_without_the_onednn_wheel_inference_falls_back_with_one_warning(tmp_path):
+    done = _python("""
+        import importlib.metadata, logging
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        real_files = importlib.metadata.files
+        def files(name):
+            if name == "onednn-cpu-gomp":
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real_files(name)
+        importlib.metadata.files = files
+        import mxnet as mx
+        from unet import native
+        from unet.config import ModelConfig
+        from unet.model import build_unet, inference_copy, initializer
+        cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+        net = build_unet(cfg)
+        net.initialize(initializer())
+        assert inference_copy(net) is net and inference_copy(net) is net
+        assert not native.conv3x3_available()
+    """, UNET_NATIVE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if "kernel not available" in line]
+    assert len(warnings) == 1 and "onednn-cpu-gomp is not installed" in warnings[0], done.stderr

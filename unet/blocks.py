@@ -5,6 +5,8 @@ reference.
 """
 from mxnet.gluon import nn
 
+from .winograd import conv3x3
+
 LEAKY_SLOPE = 0.01
 
 
@@ -41,22 +43,25 @@ class BaseConvBlock(nn.HybridBlock):
         Probability of a Dropout block after the first activation; 0 adds none.
     norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
         The layer norm's implementation (:func:`make_norm`).
+    conv_kernel : {'mxnet', 'winograd'}, default 'mxnet'
+        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`; 'winograd' for
+        inference only).
 
     Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H, W)``.
     """
 
     def __init__(self, in_channels, out_channels, norm="layer", residual=True, dropout=0.0,
-                 norm_kernel="mxnet", **kwargs):
+                 norm_kernel="mxnet", conv_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         self.residual = residual
         with self.name_scope():
             # Registration order is the summary's row order: projection first, as in the reference.
             if residual:
                 self.proj = nn.Conv2D(out_channels, 1, in_channels=in_channels)
-            self.conv1 = nn.Conv2D(out_channels, 3, padding=1, in_channels=in_channels)
+            self.conv1 = conv3x3(out_channels, in_channels, conv_kernel)
             self.norm1 = make_norm(norm, norm_kernel)
             self.drop = nn.Dropout(dropout) if dropout > 0 else None
-            self.conv2 = nn.Conv2D(out_channels, 3, padding=1, in_channels=out_channels)
+            self.conv2 = conv3x3(out_channels, out_channels, conv_kernel)
             self.norm2 = make_norm(norm, norm_kernel)
 
     def hybrid_forward(self, F, x):
@@ -83,12 +88,12 @@ class DownSampleBlock(nn.HybridBlock):
     """
 
     def __init__(self, in_channels, norm="layer", residual=True, dropout=0.0, norm_kernel="mxnet",
-                 **kwargs):
+                 conv_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.pool = nn.MaxPool2D(pool_size=2, strides=2)
             self.conv = BaseConvBlock(in_channels, 2 * in_channels, norm, residual, dropout,
-                                      norm_kernel)
+                                      norm_kernel, conv_kernel)
 
     def hybrid_forward(self, F, x):
         return self.conv(self.pool(x))
@@ -101,16 +106,18 @@ class UpsampleConvLayer(nn.HybridBlock):
     ``mode='transpose'``: a 2x2 ``Conv2DTranspose`` with stride 2, which learns the up-sampling
     but can leave checkerboard artefacts (https://distill.pub/2016/deconv-checkerboard/).
 
+    ``conv_kernel``: the 3x3 convolution's implementation (:func:`unet.winograd.conv3x3`).
+
     Input ``(N, C, H, W)``, output ``(N, C/2, 2H, 2W)``.
     """
 
-    def __init__(self, in_channels, mode="upsample", **kwargs):
+    def __init__(self, in_channels, mode="upsample", conv_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         self.mode = mode
         out_channels = in_channels // 2
         with self.name_scope():
             if mode == "upsample":
-                self.conv = nn.Conv2D(out_channels, 3, padding=1, in_channels=in_channels)
+                self.conv = conv3x3(out_channels, in_channels, conv_kernel)
             else:
                 self.conv = nn.Conv2DTranspose(out_channels, 2, strides=2,
                                                in_channels=in_channels)

@@ -22,17 +22,21 @@ class UNet(nn.HybridSequential):
     norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
         The layer norms' implementation (:func:`unet.blocks.make_norm`; :func:`norm_kernel`
         picks one): the same function and parameters, so a checkpoint loads into any.
+    conv_kernel : {'mxnet', 'winograd'}, default 'mxnet'
+        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`): 'winograd' is
+        faster and for inference only (:func:`inference_copy`); the same parameters.
 
     Input ``(N, in_channels, H, W)`` with H and W multiples of ``2**depth``; output
     ``(N, num_classes, H, W)`` unnormalized class scores.
     """
 
-    def __init__(self, config=None, norm_kernel="mxnet", **kwargs):
+    def __init__(self, config=None, norm_kernel="mxnet", conv_kernel="mxnet", **kwargs):
         super().__init__(**kwargs)
         self.config = config = config or ModelConfig()
+        self.conv_kernel = conv_kernel
         c = config.base_channels
         opts = dict(norm=config.norm, residual=config.residual, dropout=config.dropout,
-                    norm_kernel=norm_kernel)
+                    norm_kernel=norm_kernel, conv_kernel=conv_kernel)
         with self.name_scope():
             self.stem = BaseConvBlock(config.in_channels, c, **opts)
             self.down = []
@@ -43,7 +47,7 @@ class UNet(nn.HybridSequential):
             self.up, self.fuse = [], []
             for level in reversed(range(config.depth)):
                 wide = c * 2 ** (level + 1)
-                up = UpsampleConvLayer(wide, config.upsample)
+                up = UpsampleConvLayer(wide, config.upsample, conv_kernel)
                 fuse = BaseConvBlock(wide, wide // 2, **opts)
                 self.register_child(up, f"up{level}")
                 self.register_child(fuse, f"fuse{level}")
@@ -104,6 +108,22 @@ def norm_kernel(fast_norm=False, fused_norm=False):
         if width_norm_available():
             return "fused"
     return "gemv" if fast_norm else "mxnet"
+
+
+def inference_copy(net, winograd=True):
+    """``net`` with its 3x3 convolutions on the Winograd kernel of :mod:`unet.native`, for fp32
+    inference on CPUs; ``net`` itself where that kernel is not wanted or not available.
+
+    The copy shares ``net``'s parameters (the same arrays: loading new weights into one changes
+    both) and has no backward pass. ``net`` stays as it is (training, export, quantization).
+    """
+    if not winograd or net.conv_kernel == "winograd":
+        return net
+    from .native import conv3x3_available
+    if not conv3x3_available():
+        return net
+    return UNet(net.config, conv_kernel="winograd", prefix=net.prefix,
+                params=net.collect_params())
 
 
 def initializer():

@@ -2,16 +2,17 @@
 GPUs. Weights stay float32 (AMP keeps master copies); results are not bit-comparable with fp32."""
 
 
-def amp_fp32_ops():
-    """AMP's float32 op list for bfloat16, plus Concat and the fused layer norm.
+def amp_fp32_ops(compiled=True):
+    """AMP's float32 op list for bfloat16, plus Concat and (``compiled``) the fused layer norm.
 
     Concat is dtype-neutral in AMP's lists, but in the U-Net it joins a bf16 convolution output
     and a float32 skip (LayerNorm runs in float32), and refuses mixed inputs: run it in float32.
-    The fused layer norm of :mod:`unet.native` (when loaded) computes in float32 only.
+    The fused layer norm of :mod:`unet.native` (when loaded) computes in float32 only; AMP's graph
+    conversion (``convert_hybrid_block``) accepts only MXNet's own operators: ``compiled=False``.
     """
     from mxnet.contrib import amp
     from . import native
-    extra = [native.OP_NAME] if native.width_norm_loaded() else []
+    extra = [native.OP_NAME] if compiled and native.width_norm_loaded() else []
     return amp.list_fp32_ops(amp.amp.bfloat16) + ["Concat", "concat"] + extra
 
 
@@ -54,8 +55,8 @@ def bf16_inference_network(net, in_channels, tile_size):
     import mxnet as mx
     from mxnet.contrib import amp
     net(mx.nd.zeros((1, in_channels, tile_size, tile_size), ctx=mx.cpu()))
-    return amp.convert_hybrid_block(net, target_dtype="bfloat16", fp32_ops=amp_fp32_ops(),
-                                    ctx=mx.cpu())
+    return amp.convert_hybrid_block(net, target_dtype="bfloat16",
+                                    fp32_ops=amp_fp32_ops(compiled=False), ctx=mx.cpu())
 
 
 def int8_inference_network(net, tiles):
