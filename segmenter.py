@@ -80,6 +80,12 @@ def build_parser():
                         "products: the same function and checkpoints, about 10%% faster training "
                         "steps, more memory. On CPUs the compiled kernel (unet/native, built on "
                         "first use; UNET_NATIVE=0 turns it off) is used either way and is faster")
+    t.add_argument("--no-winograd", action="store_true",
+                   help="fp32 on CPUs: train with MXNet's own 3x3 convolutions instead of the "
+                        "compiled Winograd kernel (unet/native, built on first use against the "
+                        "onednn-cpu-gomp wheel; about 0.5x the step time of the default model, "
+                        "the same function up to float rounding). With --amp bf16 MXNet's "
+                        "convolutions run in bfloat16 either way")
     t.add_argument("--recompute", action="store_true",
                    help="keep only a few activations and recompute the rest during backward: "
                         "about half the training memory for about 1.7x the step time (default "
@@ -139,7 +145,7 @@ def train_config(args):
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
         w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
-        recompute=args.recompute, log_images=args.log_images,
+        winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,
         histograms=not args.no_histograms, time_limit=args.time_limit)
 
 

@@ -149,9 +149,11 @@ def conv_gflop(cfg, height, width):
     return total[0] * (height * width) / (small * small) / 1e9
 
 
-def build_net(spec, size, amp_init, fused_norm=False):
-    """The network of a row; ``fused_norm`` as ``segmenter.py`` trains (the compiled layer norm of
-    ``unet.native`` unless ``--no-fused-norm``), off as ``evaluate.py`` infers."""
+def build_net(spec, size, amp_init, training=False):
+    """The network of a row. ``training``: as ``segmenter.py`` builds it, with the compiled layer
+    norm (unless ``--no-fused-norm``) and, in fp32, the Winograd convolutions (unless
+    ``--no-winograd``) of ``unet.native``; else as ``evaluate.py`` builds its float32 network,
+    on MXNet's operators (:func:`prepare_infer_net` makes the Winograd copy)."""
     import mxnet as mx
     from unet.model import build_unet, initializer
     if amp_init:
@@ -161,7 +163,9 @@ def build_net(spec, size, amp_init, fused_norm=False):
         from unet.recompute import use_lean_allocator
         use_lean_allocator()
     cfg = model_config(spec, size)
-    net = build_unet(cfg, fast_norm=spec["fast_norm"], fused_norm=fused_norm)
+    net = build_unet(cfg, fast_norm=spec["fast_norm"], fused_norm=training and spec["fused_norm"],
+                     winograd=training and spec["winograd"] and spec["amp"] == "fp32")
+    spec["conv_kernel"] = net.conv_kernel
     spec["norm_kernel"] = _norm_kernel(net) if spec["norm"] == "layer" else "batch"
     net.initialize(initializer(), ctx=mx.cpu())
     if spec["static"] and not spec["recompute"]:
@@ -194,7 +198,7 @@ def run_train(spec):
     from mxnet import autograd, gluon
     from unet.losses import SegmentationLoss
     bf16 = spec["amp"] == "bf16"
-    cfg, net = build_net(spec, spec["size"], amp_init=bf16, fused_norm=True)
+    cfg, net = build_net(spec, spec["size"], amp_init=bf16, training=True)
     x, y, w = inputs(spec, cfg, spec["size"])
     loss_fn = SegmentationLoss("ce", cfg.num_classes)
     loss_fn.hybridize()
@@ -368,7 +372,7 @@ def run_epoch(spec):
                           log_dir=os.path.join(folder, "logs"), batch_size=spec["batch"],
                           num_epochs=3, epoch_size=count, num_workers=spec["workers"],
                           amp=spec["amp"], fast_norm=spec["fast_norm"],
-                          recompute=spec["recompute"], seed=0)
+                          winograd=spec["winograd"], recompute=spec["recompute"], seed=0)
         start = time.perf_counter()
         training.train(cfg)
     epochs_ms = [(b - a) * 1e3 for a, b in zip(ends, ends[1:])]
@@ -403,8 +407,9 @@ def child(spec):
     result = RUNNERS[spec["task"]](spec)
     times = result.pop("times_ms")
     ms = median(times)
-    if "norm_kernel" in spec:
-        row["norm_kernel"] = spec["norm_kernel"]
+    for kernel in ("norm_kernel", "conv_kernel"):
+        if kernel in spec:
+            row[kernel] = spec[kernel]
     row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
                repeat=len(times), peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
     if CPU_MS and spec["task"] in STEP_TASKS:
@@ -423,7 +428,7 @@ def variant_name(spec):
     parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
     if not spec["fused_norm"] and spec["task"] in ("train", "epoch"):
         parts.append("unfused")
-    if not spec["winograd"] and spec["task"] in ("infer", "tiled"):
+    if not spec["winograd"]:
         parts.append("direct-conv")
     parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
     if not spec["static"] and not spec["recompute"]:
@@ -439,8 +444,8 @@ def child_env(spec):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if spec["mirror"]:
         env["MXNET_BACKWARD_DO_MIRROR"] = "1"
-    if not spec["fused_norm"] and spec["task"] in ("train", "epoch"):
-        env["UNET_NATIVE"] = "0"
+    if not spec["fused_norm"] and spec["task"] == "epoch":
+        env["UNET_NATIVE"] = "0"        # unet.train builds with the kernels: turn them all off
     if spec["fuse"] and spec["norm"] == "layer":
         # MXNet 1.9.1 wires the wrong inputs into a conv+sum fusion next to a LayerNorm
         # ("Shape inconsistent, Provided = [64]"): keep the other fusions, skip that one.
@@ -511,7 +516,7 @@ def format_table(rows):
             note = (f"prob diff to fp32 max {r['max_prob_diff_vs_fp32']:.2g} mean "
                     f"{r['mean_prob_diff_vs_fp32']:.2g}, same class "
                     f"{100 * r['argmax_agreement_vs_fp32']:.2f}%")
-        if r.get("conv_kernel") == "winograd":
+        if str(r.get("conv_kernel", "")).startswith("winograd"):
             note = "3x3 convs: Winograd kernel" + (f"; {note}" if note else "")
         lines.append((r["task"], str(r["size"]), str(r["channels"]), r["variant"],
                       f"{r['ms_median']:.0f}", f"{r['ms_min']:.0f}-{r['ms_max']:.0f}",

@@ -101,10 +101,12 @@ def test_variant_environment(bench):
     env = bench.child_env(spec)
     assert env["MXNET_BACKWARD_DO_MIRROR"] == "1" and env["OMP_NUM_THREADS"] == "2"
     assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
-    assert env["UNET_NATIVE"] == "0"        # --no-fused-norm: segmenter.py without the kernel
+    assert "UNET_NATIVE" not in env        # training rows pass the switches to build_unet
     assert bench.variant_name(spec) == \
-        "bf16 layer-fast unfused fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
-    assert "UNET_NATIVE" not in bench.child_env(dict(spec, fused_norm=True))
+        "bf16 layer-fast unfused direct-conv fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
+    # Epoch rows train through unet.train, which builds with the kernels: the switch is global.
+    assert bench.child_env(dict(spec, task="epoch"))["UNET_NATIVE"] == "0"
+    assert "UNET_NATIVE" not in bench.child_env(dict(spec, task="epoch", fused_norm=True))
     # Inference rows: the layer-norm kernel does not apply, the Winograd one does.
     infer = dict(spec, task="infer", amp="fp32", fuse=False, mirror=False, static=True,
                  threads=0, env=[])

@@ -1,7 +1,8 @@
 """unet.native: the compiled layer norm computes nn.LayerNorm's function and gradients, trains
 under bf16 AMP, and its absence (no compiler) falls back with one warning; the Winograd 3x3
-convolution computes nn.Conv2D's forward pass, follows changed weights, refuses to train, and its
-absence (no oneDNN wheel) falls back with one warning."""
+convolutions compute nn.Conv2D's function and gradients (training) or forward pass (inference,
+following changed weights, refusing to train), and their absence (no oneDNN wheel) falls back with
+one warning."""
 import os
 import shutil
 import subprocess
@@ -234,6 +235,72 @@ def test_winograd_conv_matches_mxnet_convolution(conv_kernel, n, c, k, h, w):
     _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
 
 
+@pytest.mark.parametrize("n, c, k, h, w", [(2, 3, 8, 20, 36), (1, 16, 32, 32, 32),
+                                           (2, 64, 64, 16, 24)])
+def test_winograd_training_conv_matches_mxnet_convolution_and_its_gradients(conv_kernel, n, c, k,
+                                                                              h, w):
+    rng = np.random.default_rng(3)
+    x = mx.nd.array(rng.normal(0.0, 1.0, (n, c, h, w)))
+    weight = mx.nd.array(rng.normal(0.0, (2.0 / (9 * c)) ** 0.5, (k, c, 3, 3)))
+    bias = mx.nd.array(rng.normal(0.0, 0.5, k))
+    head = mx.nd.array(rng.normal(0.0, 1.0, (n, k, h, w)))
+
+    def run(op):
+        for a in (x, weight, bias):
+            a.attach_grad()
+        with autograd.record():
+            y = op(x, weight, bias)
+        y.backward(head)
+        return [a.asnumpy() for a in (y, x.grad, weight.grad, bias.grad)]
+
+    expected = run(lambda *a: mx.nd.Convolution(*a, kernel=(3, 3), pad=(1, 1), num_filter=k))
+    got = run(mx.nd.unet_conv3x3_train)
+    for name, e, g in zip(("y", "dx", "dweight", "dbias"), expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max(), err_msg=name)
+
+
+def test_winograd_block_adds_up_gradients_where_asked(conv_kernel):
+    # grad_req='add': the operator could only overwrite, so the block runs MXNet's convolution.
+    x = mx.nd.random.normal(shape=(2, 3, 8, 8))
+    grads = []
+    for block in (mx.gluon.nn.Conv2D(4, 3, padding=1, in_channels=3), winograd.Conv2D(4, 3)):
+        block.initialize(mx.init.Constant(0.1))
+        block.hybridize()
+        block.collect_params().setattr("grad_req", "add")
+        for step in range(3):
+            with autograd.record():
+                y = block(x * (step + 1))
+            y.backward()
+        grads.append([block.weight.grad().asnumpy(), block.bias.grad().asnumpy()])
+    for expected, got in zip(*grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert grads[1][1][0] == pytest.approx(2 * 8 * 8 * 3)
+
+
+def test_unet_with_winograd_convolutions_trains_like_the_reference(conv_kernel, make_net,
+                                                                    tmp_path):
+    from unet.config import ModelConfig
+    cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+    reference = make_net()
+    reference.save_parameters(str(tmp_path / "p.params"))
+    fast = build_unet(cfg, winograd=True)
+    assert fast.conv_kernel == "winograd" and not fast.stem.conv1.inference
+    assert build_unet(cfg).conv_kernel == "mxnet"
+    fast.load_parameters(str(tmp_path / "p.params"))
+    x = mx.nd.random.uniform(-1, 1, (2, 1, 32, 32))
+    label = mx.nd.array(np.random.default_rng(1).integers(0, 2, (2, 32, 32)))
+    for net in (reference, fast):
+        net.hybridize(static_alloc=True, static_shape=True)
+    out_ref, grads_ref = _step(reference, x, label)
+    out, grads = _step(fast, x, label)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == grads_ref.keys()
+    scale = max(np.abs(g).max() for g in grads_ref.values())
+    for name in grads_ref:
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=name)
+
+
 def test_winograd_conv_follows_changed_weights(conv_kernel):
     # The kernel keeps transformed weights between calls: weights written in place, and new
     # arrays (whose addresses the allocator may hand out again), must never meet stale ones.
@@ -254,8 +321,8 @@ def test_inference_copy_shares_the_weights_and_computes_the_same(conv_kernel, ma
     net = make_net(norm="layer")
     fast = inference_copy(net)
     assert fast is not net and isinstance(fast.stem.conv1, winograd.Conv2D)
-    assert isinstance(fast.up[0].conv, winograd.Conv2D) and not isinstance(
-        net.stem.conv1, winograd.Conv2D)
+    assert fast.stem.conv1.inference and fast.up[0].conv.inference
+    assert not isinstance(net.stem.conv1, winograd.Conv2D)
     assert fast.stem.conv1.weight is net.stem.conv1.weight
     assert inference_copy(net, winograd=False) is net and inference_copy(fast) is fast
     x = mx.nd.array(np.random.default_rng(2).uniform(-1, 1, (3, 1, 32, 32)))

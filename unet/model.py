@@ -22,9 +22,10 @@ class UNet(nn.HybridSequential):
     norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
         The layer norms' implementation (:func:`unet.blocks.make_norm`; :func:`norm_kernel`
         picks one): the same function and parameters, so a checkpoint loads into any.
-    conv_kernel : {'mxnet', 'winograd'}, default 'mxnet'
-        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`): 'winograd' is
-        faster and for inference only (:func:`inference_copy`); the same parameters.
+    conv_kernel : {'mxnet', 'winograd', 'winograd-inference'}, default 'mxnet'
+        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`; :func:`conv_kernel`
+        picks one): the Winograd kernels are faster, 'winograd-inference' has no backward pass
+        (:func:`inference_copy`); the same parameters.
 
     Input ``(N, in_channels, H, W)`` with H and W multiples of ``2**depth``; output
     ``(N, num_classes, H, W)`` unnormalized class scores.
@@ -86,14 +87,25 @@ class UNet(nn.HybridSequential):
         return self.head(x)                          # (N, num_classes, H, W)
 
 
-def build_unet(config=None, fast_norm=False, fused_norm=False, **kwargs):
+def build_unet(config=None, fast_norm=False, fused_norm=False, winograd=False, **kwargs):
     """A new, uninitialized :class:`UNet`; initialize it with :func:`initializer`.
 
-    The defaults give the reference's ``nn.LayerNorm``; ``fused_norm`` and ``fast_norm`` ask for
-    the faster layer norms of :func:`norm_kernel`.
+    The defaults give the reference's ``nn.LayerNorm`` and MXNet's convolutions; ``fused_norm``
+    and ``fast_norm`` ask for the faster layer norms of :func:`norm_kernel`, ``winograd`` for
+    the Winograd convolutions of :func:`conv_kernel` (for networks that run on the CPU).
     """
     return UNet(config or ModelConfig(), norm_kernel=norm_kernel(fast_norm, fused_norm),
-                **kwargs)
+                conv_kernel=conv_kernel(winograd), **kwargs)
+
+
+def conv_kernel(winograd=False):
+    """The 3x3 convolutions' implementation to build for training: ``'winograd'`` (the compiled
+    kernel of :mod:`unet.native`) when asked for and available, else ``'mxnet'``."""
+    if winograd:
+        from .native import conv3x3_available
+        if conv3x3_available():
+            return "winograd"
+    return "mxnet"
 
 
 def norm_kernel(fast_norm=False, fused_norm=False):
@@ -117,12 +129,12 @@ def inference_copy(net, winograd=True):
     The copy shares ``net``'s parameters (the same arrays: loading new weights into one changes
     both) and has no backward pass. ``net`` stays as it is (training, export, quantization).
     """
-    if not winograd or net.conv_kernel == "winograd":
+    if not winograd or net.conv_kernel == "winograd-inference":
         return net
     from .native import conv3x3_available
     if not conv3x3_available():
         return net
-    return UNet(net.config, conv_kernel="winograd", prefix=net.prefix,
+    return UNet(net.config, conv_kernel="winograd-inference", prefix=net.prefix,
                 params=net.collect_params())
 
 

@@ -189,9 +189,11 @@ class _Run:
 
     def _build_network(self, kvstore):
         cfg = self.cfg
-        # The fused layer-norm kernel is CPU code: on GPUs the layer norms stay MXNet's.
+        # The compiled kernels are CPU code: on GPUs the layer norms and convolutions stay
+        # MXNet's; under AMP the convolutions run in MXNet's low precision.
         on_cpu = all(c.device_type == "cpu" for c in self.ctx)
-        self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm, fused_norm=on_cpu)
+        self.net = build_unet(self.model_cfg, fast_norm=cfg.fast_norm, fused_norm=on_cpu,
+                              winograd=on_cpu and cfg.winograd and cfg.amp == "fp32")
         self.net.initialize(initializer(), ctx=self.ctx)
         # A static CachedOp keeps all of its memory between steps: no use recomputing then.
         static = not cfg.recompute

@@ -17,7 +17,8 @@ class TrainConfig:
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
     Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on, 2 loader
     workers, fp32, no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch
-    starts that would be expected to end past it).
+    starts that would be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3
+    convolutions on the compiled Winograd kernel (:mod:`unet.winograd`) where it is available.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -48,6 +49,7 @@ class TrainConfig:
     num_workers: int = 2
     amp: str = "fp32"
     fast_norm: bool = False
+    winograd: bool = True
     recompute: bool = False
     log_images: int = 3
     histograms: bool = True

@@ -1,27 +1,35 @@
-// A 3x3 convolution (padding 1, stride 1, with bias) for inference, on oneDNN's Winograd kernel.
+// 3x3 convolutions (padding 1, stride 1, with bias) on oneDNN's Winograd kernels.
 //
-// Loaded by unet/native through MXNet's custom-operator library API (mx.library.load): the
-// operator `unet_conv3x3(data, weight, bias)` computes what mxnet.gluon.nn.Conv2D(kernel_size=3,
-// padding=1) computes, for data (N, C, H, W), weight (K, C, 3, 3) and bias (K,), into
-// (N, K, H, W). MXNet 1.9.1 asks its bundled oneDNN for the direct algorithm only; this file links
-// oneDNN 2.6 from the onednn-cpu-gomp wheel and asks for F(4x4, 3x3) Winograd, which does
-// ~2.3-3.5x fewer multiplications and runs the U-Net's layers 2.3-4.8x faster on an AVX-512 CPU
-// (float32 all the way; outputs differ from the direct algorithm by rounding, ~1e-5 relative).
+// Loaded by unet/native through MXNet's custom-operator library API (mx.library.load). Both
+// operators compute what mxnet.gluon.nn.Conv2D(kernel_size=3, padding=1) computes, for data
+// (N, C, H, W), weight (K, C, 3, 3) and bias (K,), into (N, K, H, W):
+//   unet_conv3x3(data, weight, bias)        inference: forward only (no gradient), with the
+//                                           weights kept in Winograd's transformed layout;
+//   unet_conv3x3_train(data, weight, bias)  training: forward and backward (data, weight and
+//                                           bias gradients, always written, never added).
+// MXNet 1.9.1 asks its bundled oneDNN for the direct algorithm only; this file links oneDNN 2.6
+// from the onednn-cpu-gomp wheel and asks for F(4x4, 3x3) Winograd, which does 2.25-4x fewer
+// multiplications: the U-Net's layers run 2.3-4.8x faster forward and 2-3x faster backward on an
+// AVX-512 CPU, in float32 (results differ from the direct algorithm's by rounding, ~1e-5
+// relative). Where oneDNN has no Winograd kernel for a shape or a CPU, it takes its own choice.
 //
-// Forward only: no gradient, so the network that uses it is for inference. MXNet re-creates an
-// operator's state on most calls, so what is worth keeping lives here, process-wide, under one
-// lock: the primitives of each shape, and the weights in Winograd's layout (a transform of a
-// 1024x1024 layer takes ~170 ms, its convolution ~25 ms) together with a copy of the weights they
-// came from, found by content and compared in full on every call (~1% of the call; neither the
-// weights' address nor MXNet's version counter identifies them: MXNet may pass a new copy on
-// every call, and a freed array's address comes back with other weights at the same version).
-// Where oneDNN has no Winograd kernel for a shape or a CPU, it falls back to oneDNN's own choice.
+// MXNet re-creates an operator's state on most calls, so what is worth keeping lives here,
+// process-wide, under one lock (calls run one at a time): the primitives of each shape; buffers
+// for the convolution's own memory layouts and for the primitives' scratchpads, shared by all
+// shapes (grown to the largest); and for
+// inference the transformed weights (a transform of a 1024x1024 layer takes ~170 ms, its
+// convolution ~25 ms) with a copy of the weights they came from, found by content and compared in
+// full on every call (~1% of the call; neither the weights' address nor MXNet's version counter
+// identifies them: MXNet may pass a new copy on every call, and a freed array's address comes
+// back with other weights at the same version).
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "mxnet/lib_api.h"
@@ -33,18 +41,154 @@ namespace {
 
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
+using dims = dnnl::memory::dims;
+
+constexpr size_t kMaxCached = 512;     // entries per cache; a full cache is emptied
+
+std::mutex lock;
 
 dnnl::engine& cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
 }
 
-// Primitives and buffers for one input shape and output channel count.
-struct Plan {
+// Grow-only buffers for tensors in the convolution's own layouts; calls never overlap (lock).
+struct Scratch {
+  void* data = nullptr;
+  size_t size = 0;
+  ~Scratch() { std::free(data); }
+  void* get(size_t bytes) {
+    if (bytes > size) {
+      std::free(data);
+      size = (bytes + 4095) / 4096 * 4096;
+      data = std::aligned_alloc(4096, size);
+      if (!data) {
+        size = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return data;
+  }
+};
+Scratch scratch[5];
+constexpr int kScratchpadSlot = 4;
+
+// Every primitive gets its scratchpad from us (slot 4), never oneDNN's default: that one lives in
+// a thread-local buffer of the thread that created the primitive, and MXNet runs an operator on
+// whichever engine thread is free (a primitive created on one thread and run on another wrote
+// past a smaller buffer).
+const dnnl::primitive_attr& user_scratchpad() {
+  static dnnl::primitive_attr attr = [] {
+    dnnl::primitive_attr a;
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return attr;
+}
+
+// Run `primitive` with `args` and the scratchpad its descriptor asks for.
+void run(const dnnl::primitive& primitive, const dnnl::memory::desc& scratchpad_md,
+         std::unordered_map<int, dnnl::memory> args, dnnl::stream& stream) {
+  if (scratchpad_md.get_size() > 0)
+    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(
+        scratchpad_md, cpu_engine(), scratch[kScratchpadSlot].get(scratchpad_md.get_size()));
+  primitive.execute(stream, args);
+}
+
+void reorder(dnnl::memory from, dnnl::memory to, dnnl::stream& stream) {
+  dnnl::reorder::primitive_desc pd(from, to, user_scratchpad());
+  run(dnnl::reorder(pd), pd.scratchpad_desc(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}},
+      stream);
+}
+
+// `user` as a memory of layout `md`: itself when the layouts agree, else a reorder into slot.
+dnnl::memory in_layout(dnnl::memory user, const dnnl::memory::desc& md, int slot,
+                       dnnl::stream& stream) {
+  if (user.get_desc() == md) return user;
+  dnnl::memory converted(md, cpu_engine(), scratch[slot].get(md.get_size()));
+  reorder(user, converted, stream);
+  return converted;
+}
+
+// Where a primitive writes a result for `user`: `user` itself when the layouts agree, else slot.
+dnnl::memory out_layout(dnnl::memory user, const dnnl::memory::desc& md, int slot) {
+  if (user.get_desc() == md) return user;
+  return dnnl::memory(md, cpu_engine(), scratch[slot].get(md.get_size()));
+}
+
+void copy_back(dnnl::memory result, dnnl::memory user, dnnl::stream& stream) {
+  if (result.get_data_handle() != user.get_data_handle()) reorder(result, user, stream);
+}
+
+struct Shapes {
+  dnnl::memory::desc src, weights, bias, dst;          // plain: nchw, oihw, x, nchw
+  dnnl::memory::desc any_src, any_weights, any_dst;    // for the primitive to choose
+  Shapes(const dims& src_dims, int64_t out_channels) {
+    const dims weights_dims{out_channels, src_dims[1], 3, 3},
+        dst_dims{src_dims[0], out_channels, src_dims[2], src_dims[3]};
+    src = {src_dims, dt::f32, tag::nchw};
+    weights = {weights_dims, dt::f32, tag::oihw};
+    bias = {{out_channels}, dt::f32, tag::x};
+    dst = {dst_dims, dt::f32, tag::nchw};
+    any_src = {src_dims, dt::f32, tag::any};
+    any_weights = {weights_dims, dt::f32, tag::any};
+    any_dst = {dst_dims, dt::f32, tag::any};
+  }
+};
+
+const dims kOne{1, 1};
+
+// The forward primitive descriptor: Winograd where oneDNN has it, else oneDNN's choice.
+dnnl::convolution_forward::primitive_desc forward_pd(const Shapes& s, dnnl::prop_kind kind,
+                                                     dnnl::algorithm* chosen) {
+  for (auto algorithm : {dnnl::algorithm::convolution_winograd,
+                         dnnl::algorithm::convolution_auto}) {
+    try {
+      dnnl::convolution_forward::desc desc(kind, algorithm, s.any_src, s.any_weights, s.bias,
+                                           s.any_dst, kOne, kOne, kOne);
+      auto pd = dnnl::convolution_forward::primitive_desc(desc, user_scratchpad(),
+                                                          cpu_engine());
+      *chosen = algorithm;
+      return pd;
+    } catch (const dnnl::error&) {
+      if (algorithm == dnnl::algorithm::convolution_auto) throw;
+    }
+  }
+  throw std::logic_error("unreachable");
+}
+
+template <class Plan>
+Plan& plan_for(std::map<std::vector<int64_t>, std::unique_ptr<Plan>>& plans,
+               const dims& src_dims, int64_t out_channels) {
+  std::vector<int64_t> key(src_dims.begin(), src_dims.end());
+  key.push_back(out_channels);
+  auto found = plans.find(key);
+  if (found != plans.end()) return *found->second;
+  if (plans.size() >= kMaxCached) plans.clear();
+  return *(plans[key] = std::make_unique<Plan>(src_dims, out_channels));
+}
+
+dims dims_of(const MXTensor& t) { return dims(t.shape.begin(), t.shape.end()); }
+
+dnnl::memory user_memory(const dnnl::memory::desc& md, const MXTensor& t) {
+  return dnnl::memory(md, cpu_engine(), t.data_ptr);
+}
+
+// ---------------------------------------------------------------------------------- inference
+
+struct InferencePlan {
+  Shapes shapes;
   dnnl::convolution_forward conv;
-  dnnl::memory::desc weights_md, plain_src_md, plain_weights_md, plain_dst_md;
-  dnnl::memory src, dst;   // in the convolution's own layouts, unless those are plain
-  bool src_plain = false, dst_plain = false;
+  dnnl::memory::desc src_md, weights_md, dst_md, scratchpad_md;
+  InferencePlan(const dims& src_dims, int64_t out_channels) : shapes(src_dims, out_channels) {
+    dnnl::algorithm algorithm;
+    auto pd = forward_pd(shapes, dnnl::prop_kind::forward_inference, &algorithm);
+    conv = dnnl::convolution_forward(pd);
+    src_md = pd.src_desc();
+    weights_md = pd.weights_desc();
+    dst_md = pd.dst_desc();
+    scratchpad_md = pd.scratchpad_desc();
+  }
 };
 
 // Weights in the convolution's layout, and the plain weights they were made from.
@@ -54,52 +198,8 @@ struct Packed {
   dnnl::memory memory;
 };
 
-constexpr size_t kMaxCached = 512;     // entries per cache; both are emptied when full
-
-std::mutex cache_lock;
-std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;    // key: N, C, H, W, K
-std::map<std::vector<uint64_t>, std::unique_ptr<Packed>> packed_weights;  // key: K, C, 3, 3, fingerprint
-
-std::unique_ptr<Plan> make_plan(const dnnl::memory::dims& src_dims, int64_t out_channels) {
-  auto plan = std::make_unique<Plan>();
-  auto& engine = cpu_engine();
-  const int64_t n = src_dims[0], c = src_dims[1], h = src_dims[2], w = src_dims[3];
-  dnnl::memory::dims weights_dims{out_channels, c, 3, 3}, bias_dims{out_channels},
-      dst_dims{n, out_channels, h, w};
-  plan->plain_src_md = dnnl::memory::desc(src_dims, dt::f32, tag::nchw);
-  plan->plain_weights_md = dnnl::memory::desc(weights_dims, dt::f32, tag::oihw);
-  plan->plain_dst_md = dnnl::memory::desc(dst_dims, dt::f32, tag::nchw);
-  const dnnl::memory::desc any_src(src_dims, dt::f32, tag::any),
-      any_weights(weights_dims, dt::f32, tag::any), any_dst(dst_dims, dt::f32, tag::any),
-      bias_md(bias_dims, dt::f32, tag::x);
-  dnnl::convolution_forward::primitive_desc pd;
-  for (auto algorithm : {dnnl::algorithm::convolution_winograd, dnnl::algorithm::convolution_auto}) {
-    try {
-      dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, algorithm, any_src,
-                                           any_weights, bias_md, any_dst, {1, 1}, {1, 1}, {1, 1});
-      pd = dnnl::convolution_forward::primitive_desc(desc, engine);
-      break;
-    } catch (const dnnl::error&) {
-      if (algorithm == dnnl::algorithm::convolution_auto) throw;
-    }
-  }
-  plan->conv = dnnl::convolution_forward(pd);
-  plan->weights_md = pd.weights_desc();
-  plan->src_plain = pd.src_desc() == plan->plain_src_md;
-  plan->dst_plain = pd.dst_desc() == plan->plain_dst_md;
-  if (!plan->src_plain) plan->src = dnnl::memory(pd.src_desc(), engine);
-  if (!plan->dst_plain) plan->dst = dnnl::memory(pd.dst_desc(), engine);
-  return plan;
-}
-
-Plan& plan_for(const dnnl::memory::dims& src_dims, int64_t out_channels) {
-  std::vector<int64_t> key(src_dims.begin(), src_dims.end());
-  key.push_back(out_channels);
-  auto found = plans.find(key);
-  if (found != plans.end()) return *found->second;
-  if (plans.size() >= kMaxCached) plans.clear();
-  return *(plans[key] = make_plan(src_dims, out_channels));
-}
+std::map<std::vector<int64_t>, std::unique_ptr<InferencePlan>> inference_plans;  // N C H W K
+std::map<std::vector<uint64_t>, std::unique_ptr<Packed>> packed_weights;  // K C 3 3 fingerprint
 
 // A cheap fingerprint of `count` floats: FNV-1a over the bits of at most 4096 of them, evenly
 // spaced. Equal weights give equal fingerprints; the full comparison decides.
@@ -115,12 +215,12 @@ uint64_t fingerprint(const float* data, size_t count) {
 }
 
 // The weights at `data` in the layout of `plan`, transformed again only when no cached entry
-// holds the same values (found by content: MXNet hands the same weights over at a new address
-// whenever it has kept them in a layout of its own oneDNN).
-const dnnl::memory& weights_for(const Plan& plan, const float* data, dnnl::stream& stream) {
-  const size_t count = plan.plain_weights_md.get_size() / sizeof(float);
-  const auto& dims = plan.plain_weights_md.dims();
-  std::vector<uint64_t> key(dims.begin(), dims.end());
+// holds the same values.
+const dnnl::memory& packed_for(const InferencePlan& plan, const float* data,
+                               dnnl::stream& stream) {
+  const size_t count = plan.shapes.weights.get_size() / sizeof(float);
+  const auto& wdims = plan.shapes.weights.dims();
+  std::vector<uint64_t> key(wdims.begin(), wdims.end());
   key.push_back(fingerprint(data, count));
   auto found = packed_weights.find(key);
   if (found != packed_weights.end() && found->second->md == plan.weights_md &&
@@ -132,55 +232,156 @@ const dnnl::memory& weights_for(const Plan& plan, const float* data, dnnl::strea
   entry->plain.assign(data, data + count);
   entry->md = plan.weights_md;
   entry->memory = dnnl::memory(plan.weights_md, cpu_engine());
-  dnnl::memory plain(plan.plain_weights_md, cpu_engine(), entry->plain.data());
-  dnnl::reorder(plain, entry->memory).execute(stream, plain, entry->memory);
+  dnnl::memory plain(plan.shapes.weights, cpu_engine(), entry->plain.data());
+  reorder(plain, entry->memory, stream);
   return entry->memory;
 }
 
-MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
-                      std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                      const OpResource& res) {
-  MXTensor& data = (*inputs)[0];
-  MXTensor& weight = (*inputs)[1];
-  MXTensor& bias = (*inputs)[2];
-  MXTensor& out = (*outputs)[0];
-  const dnnl::memory::dims src_dims(data.shape.begin(), data.shape.end());
-  const int64_t out_channels = weight.shape[0];
+// inputs: data, weight, bias; outputs: out.
+MXReturnValue inference_forward(const std::unordered_map<std::string, std::string>& attrs,
+                                std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                                const OpResource& res) {
+  MXTensor &data = (*inputs)[0], &weight = (*inputs)[1], &bias = (*inputs)[2];
   try {
-    std::lock_guard<std::mutex> hold(cache_lock);
-    auto& engine = cpu_engine();
-    dnnl::stream stream(engine);
-    Plan& p = plan_for(src_dims, out_channels);
-    const dnnl::memory& packed = weights_for(p, weight.data<float>(), stream);
-    dnnl::memory user_src(p.plain_src_md, engine, data.data_ptr);
-    dnnl::memory user_dst(p.plain_dst_md, engine, out.data_ptr);
-    dnnl::memory bias_mem(dnnl::memory::desc({out_channels}, dt::f32, tag::x), engine,
-                          bias.data_ptr);
-    dnnl::memory src = user_src, dst = user_dst;
-    if (!p.src_plain) {
-      dnnl::reorder(user_src, p.src).execute(stream, user_src, p.src);
-      src = p.src;
-    }
-    if (!p.dst_plain) dst = p.dst;
-    p.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, packed},
-                            {DNNL_ARG_BIAS, bias_mem}, {DNNL_ARG_DST, dst}});
-    if (!p.dst_plain) dnnl::reorder(p.dst, user_dst).execute(stream, p.dst, user_dst);
+    std::lock_guard<std::mutex> hold(lock);
+    dnnl::stream stream(cpu_engine());
+    auto& p = plan_for(inference_plans, dims_of(data), weight.shape[0]);
+    const dnnl::memory& packed = packed_for(p, weight.data<float>(), stream);
+    auto user_dst = user_memory(p.shapes.dst, (*outputs)[0]);
+    auto src = in_layout(user_memory(p.shapes.src, data), p.src_md, 0, stream);
+    auto dst = out_layout(user_dst, p.dst_md, 1);
+    run(p.conv, p.scratchpad_md, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, packed},
+                                  {DNNL_ARG_BIAS, user_memory(p.shapes.bias, bias)},
+                                  {DNNL_ARG_DST, dst}}, stream);
+    copy_back(dst, user_dst, stream);
     stream.wait();
-  } catch (const dnnl::error& e) {
-    MX_ERROR_MSG << "unet_conv3x3: oneDNN failed: " << e.what();
+  } catch (const std::exception& e) {
+    MX_ERROR_MSG << "unet_conv3x3: " << e.what();
     return MX_FAIL;
   }
   return MX_SUCCESS;
 }
 
 // Registered so that MXNet can build a graph's gradient (a hybridized block always does), never
-// meant to run: the network that uses this operator is for inference.
-MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs,
-                       std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                       const OpResource& res) {
-  MX_ERROR_MSG << "unet_conv3x3 has no backward pass: train with nn.Conv2D";
+// meant to run: a network with this operator is for inference.
+MXReturnValue inference_backward(const std::unordered_map<std::string, std::string>& attrs,
+                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                                 const OpResource& res) {
+  MX_ERROR_MSG << "unet_conv3x3 has no backward pass: train with unet_conv3x3_train or nn.Conv2D";
   return MX_FAIL;
 }
+
+// ----------------------------------------------------------------------------------- training
+
+struct TrainingPlan {
+  Shapes shapes;
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights backward_weights;
+  dnnl::memory::desc f_src, f_weights, f_dst;          // forward
+  dnnl::memory::desc d_diff_dst, d_weights, d_diff_src;  // backward data
+  dnnl::memory::desc w_src, w_diff_dst, w_diff_weights;  // backward weights
+  dnnl::memory::desc f_scratchpad, d_scratchpad, w_scratchpad;
+  TrainingPlan(const dims& src_dims, int64_t out_channels) : shapes(src_dims, out_channels) {
+    dnnl::algorithm algorithm;
+    auto fpd = forward_pd(shapes, dnnl::prop_kind::forward_training, &algorithm);
+    const auto& s = shapes;
+    dnnl::convolution_backward_data::desc data_desc(algorithm, s.any_src, s.any_weights,
+                                                    s.any_dst, kOne, kOne, kOne);
+    dnnl::convolution_backward_data::primitive_desc dpd(data_desc, user_scratchpad(),
+                                                        cpu_engine(), fpd);
+    dnnl::convolution_backward_weights::desc weights_desc(algorithm, s.any_src, s.any_weights,
+                                                          s.bias, s.any_dst, kOne, kOne, kOne);
+    dnnl::convolution_backward_weights::primitive_desc wpd(weights_desc, user_scratchpad(),
+                                                           cpu_engine(), fpd);
+    forward = dnnl::convolution_forward(fpd);
+    backward_data = dnnl::convolution_backward_data(dpd);
+    backward_weights = dnnl::convolution_backward_weights(wpd);
+    f_src = fpd.src_desc();
+    f_weights = fpd.weights_desc();
+    f_dst = fpd.dst_desc();
+    d_diff_dst = dpd.diff_dst_desc();
+    d_weights = dpd.weights_desc();
+    d_diff_src = dpd.diff_src_desc();
+    w_src = wpd.src_desc();
+    w_diff_dst = wpd.diff_dst_desc();
+    w_diff_weights = wpd.diff_weights_desc();
+    f_scratchpad = fpd.scratchpad_desc();
+    d_scratchpad = dpd.scratchpad_desc();
+    w_scratchpad = wpd.scratchpad_desc();
+  }
+};
+
+std::map<std::vector<int64_t>, std::unique_ptr<TrainingPlan>> training_plans;
+
+// inputs: data, weight, bias; outputs: out.
+MXReturnValue training_forward(const std::unordered_map<std::string, std::string>& attrs,
+                               std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                               const OpResource& res) {
+  MXTensor &data = (*inputs)[0], &weight = (*inputs)[1], &bias = (*inputs)[2];
+  try {
+    std::lock_guard<std::mutex> hold(lock);
+    dnnl::stream stream(cpu_engine());
+    auto& p = plan_for(training_plans, dims_of(data), weight.shape[0]);
+    auto user_dst = user_memory(p.shapes.dst, (*outputs)[0]);
+    auto src = in_layout(user_memory(p.shapes.src, data), p.f_src, 0, stream);
+    auto weights = in_layout(user_memory(p.shapes.weights, weight), p.f_weights, 1, stream);
+    auto dst = out_layout(user_dst, p.f_dst, 2);
+    run(p.forward, p.f_scratchpad, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
+                                    {DNNL_ARG_BIAS, user_memory(p.shapes.bias, bias)},
+                                    {DNNL_ARG_DST, dst}}, stream);
+    copy_back(dst, user_dst, stream);
+    stream.wait();
+  } catch (const std::exception& e) {
+    MX_ERROR_MSG << "unet_conv3x3_train: " << e.what();
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: d_out, data, weight, bias, out; outputs: d_data, d_weight, d_bias (written).
+MXReturnValue training_backward(const std::unordered_map<std::string, std::string>& attrs,
+                                std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                                const OpResource& res) {
+  MXTensor &d_out = (*inputs)[0], &data = (*inputs)[1], &weight = (*inputs)[2];
+  try {
+    std::lock_guard<std::mutex> hold(lock);
+    dnnl::stream stream(cpu_engine());
+    auto& p = plan_for(training_plans, dims_of(data), weight.shape[0]);
+    const auto& s = p.shapes;
+    auto user_d_out = user_memory(s.dst, d_out);
+    auto user_d_data = user_memory(s.src, (*outputs)[0]);
+    auto user_d_weight = user_memory(s.weights, (*outputs)[1]);
+    // Data gradient. Slots: 0 the output gradient (kept for the weights' pass where the
+    // layouts agree), 1 the weights, 2 the data gradient.
+    auto diff_dst = in_layout(user_d_out, p.d_diff_dst, 0, stream);
+    auto weights = in_layout(user_memory(s.weights, weight), p.d_weights, 1, stream);
+    auto diff_src = out_layout(user_d_data, p.d_diff_src, 2);
+    run(p.backward_data, p.d_scratchpad, {{DNNL_ARG_DIFF_DST, diff_dst},
+                                          {DNNL_ARG_WEIGHTS, weights},
+                                          {DNNL_ARG_DIFF_SRC, diff_src}}, stream);
+    copy_back(diff_src, user_d_data, stream);
+    stream.wait();
+    // Weight and bias gradients. Slots: 2 the data, 1 the output gradient where its layout
+    // differs from the data pass's, 3 the weight gradient.
+    auto src = in_layout(user_memory(s.src, data), p.w_src, 2, stream);
+    auto w_diff_dst = p.w_diff_dst == diff_dst.get_desc()
+        ? diff_dst : in_layout(user_d_out, p.w_diff_dst, 1, stream);
+    auto diff_weights = out_layout(user_d_weight, p.w_diff_weights, 3);
+    run(p.backward_weights, p.w_scratchpad,
+        {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, w_diff_dst},
+         {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+         {DNNL_ARG_DIFF_BIAS, user_memory(s.bias, (*outputs)[2])}}, stream);
+    copy_back(diff_weights, user_d_weight, stream);
+    stream.wait();
+  } catch (const std::exception& e) {
+    MX_ERROR_MSG << "unet_conv3x3_train backward: " << e.what();
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------------ registration
 
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
@@ -231,8 +432,15 @@ REGISTER_OP(unet_conv3x3)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(backward, "cpu");
+    .setForward(inference_forward, "cpu")
+    .setBackward(inference_backward, "cpu");
+
+REGISTER_OP(unet_conv3x3_train)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(training_forward, "cpu")
+    .setBackward(training_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   return version >= 10700 ? MX_SUCCESS : MX_FAIL;
