@@ -11,10 +11,11 @@ from unet.recompute import forward_backward
 from unet.train_config import TrainConfig
 
 
-def _net_and_batch(**model):
+def _net_and_batch(winograd=False, **model):
     mx.random.seed(3)
     cfg = ModelConfig(base_channels=4, depth=2, image_size=32, in_channels=1, **model)
-    net = build_unet(cfg)
+    net = build_unet(cfg, winograd=winograd)
+    assert net.conv_kernel == ("winograd" if winograd else "mxnet")
     net.initialize(initializer())
     net.hybridize()
     x = mx.nd.random.uniform(shape=(2, 1, 32, 32))
@@ -28,7 +29,8 @@ def _snapshot(net, trainable):
 
 
 @pytest.mark.parametrize("model", [dict(norm="layer"), dict(norm="batch"),
-                                   dict(norm="batch", residual=False, upsample="transpose")])
+                                   dict(norm="batch", residual=False, upsample="transpose"),
+                                   dict(norm="layer", winograd=True)])
 def test_gradients_and_running_stats_equal_a_plain_step(model):
     net, x, y, w = _net_and_batch(**model)
     loss_fn = SegmentationLoss("ce", 2)
