@@ -174,6 +174,36 @@ dnnl::memory user_memory(const dnnl::memory::desc& md, const MXTensor& t) {
   return dnnl::memory(md, cpu_engine(), t.data_ptr);
 }
 
+// `body(stream)` under the lock, with oneDNN's errors turned into MXNet's.
+template <class Body>
+MXReturnValue guarded(const char* name, Body body) {
+  try {
+    std::lock_guard<std::mutex> hold(lock);
+    dnnl::stream stream(cpu_engine());
+    body(stream);
+    stream.wait();
+  } catch (const std::exception& e) {
+    MX_ERROR_MSG << name << ": " << e.what();
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+// A forward convolution of the user's tensors: the data converted to `src_md` (slot 0), the output
+// written in `dst_md` (slot 2) and converted back; `weights` already in the convolution's layout.
+void convolve(const dnnl::primitive& conv, const Shapes& s, const dnnl::memory::desc& src_md,
+              const dnnl::memory::desc& dst_md, const dnnl::memory::desc& scratchpad_md,
+              dnnl::memory weights, const MXTensor& data, const MXTensor& bias, const MXTensor& out,
+              dnnl::stream& stream) {
+  auto user_dst = user_memory(s.dst, out);
+  auto src = in_layout(user_memory(s.src, data), src_md, 0, stream);
+  auto dst = out_layout(user_dst, dst_md, 2);
+  run(conv, scratchpad_md, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, user_memory(s.bias, bias)}, {DNNL_ARG_DST, dst}},
+      stream);
+  copy_back(dst, user_dst, stream);
+}
+
 // ---------------------------------------------------------------------------------- inference
 
 struct InferencePlan {
@@ -242,24 +272,12 @@ MXReturnValue inference_forward(const std::unordered_map<std::string, std::strin
                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                 const OpResource& res) {
   MXTensor &data = (*inputs)[0], &weight = (*inputs)[1], &bias = (*inputs)[2];
-  try {
-    std::lock_guard<std::mutex> hold(lock);
-    dnnl::stream stream(cpu_engine());
+  return guarded("unet_conv3x3", [&](dnnl::stream& stream) {
     auto& p = plan_for(inference_plans, dims_of(data), weight.shape[0]);
     const dnnl::memory& packed = packed_for(p, weight.data<float>(), stream);
-    auto user_dst = user_memory(p.shapes.dst, (*outputs)[0]);
-    auto src = in_layout(user_memory(p.shapes.src, data), p.src_md, 0, stream);
-    auto dst = out_layout(user_dst, p.dst_md, 1);
-    run(p.conv, p.scratchpad_md, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, packed},
-                                  {DNNL_ARG_BIAS, user_memory(p.shapes.bias, bias)},
-                                  {DNNL_ARG_DST, dst}}, stream);
-    copy_back(dst, user_dst, stream);
-    stream.wait();
-  } catch (const std::exception& e) {
-    MX_ERROR_MSG << "unet_conv3x3: " << e.what();
-    return MX_FAIL;
-  }
-  return MX_SUCCESS;
+    convolve(p.conv, p.shapes, p.src_md, p.dst_md, p.scratchpad_md, packed, data, bias,
+             (*outputs)[0], stream);
+  });
 }
 
 // Registered so that MXNet can build a graph's gradient (a hybridized block always does), never
@@ -319,24 +337,12 @@ MXReturnValue training_forward(const std::unordered_map<std::string, std::string
                                std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                const OpResource& res) {
   MXTensor &data = (*inputs)[0], &weight = (*inputs)[1], &bias = (*inputs)[2];
-  try {
-    std::lock_guard<std::mutex> hold(lock);
-    dnnl::stream stream(cpu_engine());
+  return guarded("unet_conv3x3_train", [&](dnnl::stream& stream) {
     auto& p = plan_for(training_plans, dims_of(data), weight.shape[0]);
-    auto user_dst = user_memory(p.shapes.dst, (*outputs)[0]);
-    auto src = in_layout(user_memory(p.shapes.src, data), p.f_src, 0, stream);
     auto weights = in_layout(user_memory(p.shapes.weights, weight), p.f_weights, 1, stream);
-    auto dst = out_layout(user_dst, p.f_dst, 2);
-    run(p.forward, p.f_scratchpad, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
-                                    {DNNL_ARG_BIAS, user_memory(p.shapes.bias, bias)},
-                                    {DNNL_ARG_DST, dst}}, stream);
-    copy_back(dst, user_dst, stream);
-    stream.wait();
-  } catch (const std::exception& e) {
-    MX_ERROR_MSG << "unet_conv3x3_train: " << e.what();
-    return MX_FAIL;
-  }
-  return MX_SUCCESS;
+    convolve(p.forward, p.shapes, p.f_src, p.f_dst, p.f_scratchpad, weights, data, bias,
+             (*outputs)[0], stream);
+  });
 }
 
 // inputs: d_out, data, weight, bias, out; outputs: d_data, d_weight, d_bias (written).
@@ -344,9 +350,7 @@ MXReturnValue training_backward(const std::unordered_map<std::string, std::strin
                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                 const OpResource& res) {
   MXTensor &d_out = (*inputs)[0], &data = (*inputs)[1], &weight = (*inputs)[2];
-  try {
-    std::lock_guard<std::mutex> hold(lock);
-    dnnl::stream stream(cpu_engine());
+  return guarded("unet_conv3x3_train backward", [&](dnnl::stream& stream) {
     auto& p = plan_for(training_plans, dims_of(data), weight.shape[0]);
     const auto& s = p.shapes;
     auto user_d_out = user_memory(s.dst, d_out);
@@ -373,12 +377,7 @@ MXReturnValue training_backward(const std::unordered_map<std::string, std::strin
          {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
          {DNNL_ARG_DIFF_BIAS, user_memory(s.bias, (*outputs)[2])}}, stream);
     copy_back(diff_weights, user_d_weight, stream);
-    stream.wait();
-  } catch (const std::exception& e) {
-    MX_ERROR_MSG << "unet_conv3x3_train backward: " << e.what();
-    return MX_FAIL;
-  }
-  return MX_SUCCESS;
+  });
 }
 
 // ------------------------------------------------------------------------------ registration
