@@ -428,8 +428,8 @@ def variant_name(spec):
     parts = [spec["amp"], spec["norm"] + ("-fast" if spec["fast_norm"] else "")]
     if not spec["fused_norm"] and spec["task"] in ("train", "epoch"):
         parts.append("unfused")
-    if not spec["winograd"]:
-        parts.append("direct-conv")
+    if not spec["winograd"] or (spec["task"] == "epoch" and not spec["fused_norm"]):
+        parts.append("direct-conv")     # an epoch row's --no-fused-norm turns both kernels off
     parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
     if not spec["static"] and not spec["recompute"]:
         parts.append("dynamic")

@@ -359,3 +359,22 @@ def test_without_the_onednn_wheel_inference_falls_back_with_one_warning(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     warnings = [line for line in done.stderr.splitlines() if "kernel not available" in line]
     assert len(warnings) == 1 and "onednn-cpu-gomp is not installed" in warnings[0], done.stderr
+
+
+def test_a_cpu_without_winograd_kernels_keeps_mxnet_convolutions(conv_kernel, tmp_path):
+    # Where oneDNN has no Winograd kernel (no AVX-512), the operators would only add layout
+    # conversions: the library's probe says so and the network keeps MXNet's convolutions.
+    done = _python("""
+        import logging
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        from unet import native
+        assert native._probe(native.library_path(native.CONV3X3), native.CONV3X3.probe)
+        native._probe = lambda path, function: False
+        from unet.config import ModelConfig
+        from unet.model import build_unet
+        cfg = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
+        assert build_unet(cfg, winograd=True).conv_kernel == "mxnet"
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if "kernel not available" in line]
+    assert len(warnings) == 1 and "needs AVX-512" in warnings[0], done.stderr

@@ -43,9 +43,9 @@ class BaseConvBlock(nn.HybridBlock):
         Probability of a Dropout block after the first activation; 0 adds none.
     norm_kernel : {'mxnet', 'gemv', 'fused'}, default 'mxnet'
         The layer norm's implementation (:func:`make_norm`).
-    conv_kernel : {'mxnet', 'winograd'}, default 'mxnet'
-        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`; 'winograd' for
-        inference only).
+    conv_kernel : {'mxnet', 'winograd', 'winograd-inference'}, default 'mxnet'
+        The 3x3 convolutions' implementation (:func:`unet.winograd.conv3x3`; the Winograd kernels
+        are CPU only, 'winograd-inference' has no backward pass).
 
     Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H, W)``.
     """

@@ -27,13 +27,17 @@ class Conv2D(nn.Conv2D):
     inference : bool, default False
         Forward only (``unet_conv3x3``: faster, no gradient); else ``unet_conv3x3_train``, which
         overwrites its gradients: where they are to be added up (``grad_req='add'``, gradient
-        accumulation) this block runs MXNet's convolution instead.
+        accumulation) this block runs MXNet's convolution instead. That is decided when the graph
+        is built (the first call, or the first after ``hybridize()``): set ``grad_req`` before.
+    prefix, params
+        As for any Gluon block.
 
     Input ``(N, in_channels, H, W)``, output ``(N, channels, H, W)``.
     """
 
-    def __init__(self, channels, in_channels, inference=False, **kwargs):
-        super().__init__(channels, 3, padding=1, in_channels=in_channels, **kwargs)
+    def __init__(self, channels, in_channels, inference=False, prefix=None, params=None):
+        super().__init__(channels, 3, padding=1, in_channels=in_channels, prefix=prefix,
+                         params=params)
         self.inference = inference
 
     def hybrid_forward(self, F, x, weight, bias=None):

@@ -8,17 +8,18 @@ API). Two live here, each in one C++ file:
   rows once. In a training step of the default model it is ~4x faster than
   :mod:`unet.fastnorm`'s GEMV formulation and ~5x faster than MXNet's own LayerNorm backward.
   Used for training on CPUs (:func:`width_norm_available`).
-- ``conv3x3.cc`` adds ``unet_conv3x3(data, weight, bias)``: ``nn.Conv2D(kernel_size=3,
-  padding=1)``'s forward pass on oneDNN's Winograd kernel, 2.3-4.8x faster per layer than the
-  direct algorithm MXNet asks its oneDNN for. It links the oneDNN 2.x library of the
-  ``onednn-cpu-gomp`` wheel (``requirements.txt``). Forward only: used for fp32 inference on CPUs
-  (:func:`conv3x3_available`).
+- ``conv3x3.cc`` adds ``unet_conv3x3_train(data, weight, bias)`` and ``unet_conv3x3(data, weight,
+  bias)``: ``nn.Conv2D(kernel_size=3, padding=1)`` on oneDNN's Winograd kernels, 2.3-4.8x faster
+  per layer forward and 2-3x backward than the direct algorithm MXNet asks its oneDNN for; the
+  first trains, the second (forward only) infers. It links the oneDNN 2.x library of the
+  ``onednn-cpu-gomp`` wheel (``requirements.txt``), and is used in fp32 on CPUs where oneDNN has
+  those kernels (AVX-512; :func:`conv3x3_available`).
 
 Each ``*_available()`` compiles its source with the system's C++ compiler (``$CXX``, else
 ``g++``; 7-10 s, once) into a cache folder, keyed by a hash of the source, MXNet's headers, the
 compiler command, the flags and the machine, and loads it (a cached file that does not load is
-compiled again). Where that fails (no compiler, no oneDNN wheel, another platform) it logs one
-warning and returns False, and the network falls back to MXNet's own operators; ``UNET_NATIVE=0``
+compiled again). Where that fails (no compiler, no oneDNN wheel, a CPU without AVX-512 for the
+convolutions, another platform) it logs one warning and returns False, and the network falls back to MXNet's own operators; ``UNET_NATIVE=0``
 turns both off. The cache folder is ``$UNET_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/unet``, else
 ``~/.cache/unet``. CPU only, float32 only.
 
@@ -26,6 +27,7 @@ Load them before ``mxnet.contrib.amp.init``: ``mx.library.load`` re-creates MXNe
 functions and would drop AMP's wrappers (:func:`unet.precision.init_amp` loads the layer norm
 first).
 """
+import ctypes
 import fcntl
 import hashlib
 import importlib.metadata
@@ -53,6 +55,8 @@ class Kernel:
     what: str           # for log lines
     fallback: str       # what runs instead, for the warning
     uses_onednn: bool = False
+    probe: str = ""     # an exported C function: 1 when the kernel is worth using on this machine
+    probe_failure: str = ""
 
     @property
     def source(self):
@@ -62,7 +66,9 @@ class Kernel:
 WIDTH_NORM = Kernel("width_norm", "unet_width_norm", "fused layer-norm kernel",
                     "using MXNet's layer norm, slower to train")
 CONV3X3 = Kernel("conv3x3", "unet_conv3x3", "Winograd convolution kernel",
-                 "using MXNet's convolutions, slower to infer", uses_onednn=True)
+                 "using MXNet's convolutions, slower", uses_onednn=True,
+                 probe="unet_winograd_supported",
+                 probe_failure="oneDNN has no Winograd convolution for this CPU (it needs AVX-512)")
 OP_NAME = WIDTH_NORM.op_name
 _state = {}     # kernel name -> (loaded: bool, reason: str or None), once decided in this process
 
@@ -198,8 +204,19 @@ def width_norm_loaded():
 
 
 def conv3x3_available():
-    """:func:`available` for the Winograd 3x3 convolution (fp32 inference on CPUs)."""
+    """:func:`available` for the Winograd 3x3 convolutions (fp32 training and inference on
+    CPUs)."""
     return available(CONV3X3)
+
+
+def _probe(path, function):
+    """Call the library's exported ``int function(void)`` (before MXNet loads it); a library that
+    does not load is treated as usable here and left to MXNet's loader, which rebuilds it."""
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError:
+        return True
+    return bool(getattr(library, function)())
 
 
 def _load(kernel):
@@ -215,6 +232,8 @@ def _load(kernel):
         if not path.exists():
             log.info("compiling the %s into %s", kernel.what, path.parent)
             _compile(kernel, path)
+        if kernel.probe and not _probe(path, kernel.probe):
+            return False, kernel.probe_failure
         try:
             mx.library.load(str(path), verbose=False)
         except mx.base.MXNetError:

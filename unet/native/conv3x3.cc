@@ -22,6 +22,8 @@
 // full on every call (~1% of the call; neither the weights' address nor MXNet's version counter
 // identifies them: MXNet may pass a new copy on every call, and a freed array's address comes
 // back with other weights at the same version).
+#include <omp.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +45,7 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 using dims = dnnl::memory::dims;
 
-constexpr size_t kMaxCached = 512;     // entries per cache; a full cache is emptied
+constexpr size_t kMaxCached = 512;     // plans per cache; a full cache is emptied
 
 std::mutex lock;
 
@@ -160,8 +162,10 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Shapes& s, dnnl::prop
 template <class Plan>
 Plan& plan_for(std::map<std::vector<int64_t>, std::unique_ptr<Plan>>& plans,
                const dims& src_dims, int64_t out_channels) {
+  // oneDNN sizes a primitive and its scratchpad for the thread count it is created with.
   std::vector<int64_t> key(src_dims.begin(), src_dims.end());
   key.push_back(out_channels);
+  key.push_back(omp_get_max_threads());
   auto found = plans.find(key);
   if (found != plans.end()) return *found->second;
   if (plans.size() >= kMaxCached) plans.clear();
@@ -226,10 +230,38 @@ struct Packed {
   std::vector<float> plain;
   dnnl::memory::desc md;
   dnnl::memory memory;
+  uint64_t last_used = 0;
+  size_t bytes() const { return plain.size() * sizeof(float) + md.get_size(); }
 };
 
-std::map<std::vector<int64_t>, std::unique_ptr<InferencePlan>> inference_plans;  // N C H W K
-std::map<std::vector<uint64_t>, std::unique_ptr<Packed>> packed_weights;  // K C 3 3 fingerprint
+// At most this many bytes of cached weights (plain and transformed): the least recently used go
+// first. The default model needs about 0.6 GB.
+constexpr size_t kPackedBudget = size_t(2) << 30;
+
+std::map<std::vector<int64_t>, std::unique_ptr<InferencePlan>> inference_plans;  // N C H W K thr
+// Key: K C 3 3 and the fingerprint of the values; one entry per layout (oneDNN may pick another
+// layout for another batch size).
+std::map<std::vector<uint64_t>, std::vector<std::unique_ptr<Packed>>> packed_weights;
+size_t packed_bytes = 0;
+uint64_t packed_clock = 0;
+
+void evict_packed_weights(size_t incoming) {
+  while (packed_bytes + incoming > kPackedBudget && packed_bytes > 0) {
+    auto oldest_key = packed_weights.end();
+    size_t oldest_index = 0;
+    for (auto it = packed_weights.begin(); it != packed_weights.end(); ++it)
+      for (size_t i = 0; i < it->second.size(); ++i)
+        if (oldest_key == packed_weights.end() ||
+            it->second[i]->last_used < oldest_key->second[oldest_index]->last_used) {
+          oldest_key = it;
+          oldest_index = i;
+        }
+    auto& list = oldest_key->second;
+    packed_bytes -= list[oldest_index]->bytes();
+    list.erase(list.begin() + oldest_index);
+    if (list.empty()) packed_weights.erase(oldest_key);
+  }
+}
 
 // A cheap fingerprint of `count` floats: FNV-1a over the bits of at most 4096 of them, evenly
 // spaced. Equal weights give equal fingerprints; the full comparison decides.
@@ -245,7 +277,7 @@ uint64_t fingerprint(const float* data, size_t count) {
 }
 
 // The weights at `data` in the layout of `plan`, transformed again only when no cached entry
-// holds the same values.
+// holds the same values in that layout.
 const dnnl::memory& packed_for(const InferencePlan& plan, const float* data,
                                dnnl::stream& stream) {
   const size_t count = plan.shapes.weights.get_size() / sizeof(float);
@@ -253,18 +285,29 @@ const dnnl::memory& packed_for(const InferencePlan& plan, const float* data,
   std::vector<uint64_t> key(wdims.begin(), wdims.end());
   key.push_back(fingerprint(data, count));
   auto found = packed_weights.find(key);
-  if (found != packed_weights.end() && found->second->md == plan.weights_md &&
-      std::memcmp(found->second->plain.data(), data, count * sizeof(float)) == 0)
-    return found->second->memory;
-  if (found == packed_weights.end() && packed_weights.size() >= kMaxCached) packed_weights.clear();
-  auto& entry = packed_weights[key];
-  entry = std::make_unique<Packed>();
+  if (found != packed_weights.end()) {
+    for (auto& entry : found->second) {
+      if (entry->md == plan.weights_md &&
+          std::memcmp(entry->plain.data(), data, count * sizeof(float)) == 0) {
+        entry->last_used = ++packed_clock;
+        return entry->memory;
+      }
+    }
+  }
+  // Built whole before it enters the cache: a failed transform leaves no half-made entry.
+  auto entry = std::make_unique<Packed>();
   entry->plain.assign(data, data + count);
   entry->md = plan.weights_md;
   entry->memory = dnnl::memory(plan.weights_md, cpu_engine());
   dnnl::memory plain(plan.shapes.weights, cpu_engine(), entry->plain.data());
   reorder(plain, entry->memory, stream);
-  return entry->memory;
+  stream.wait();
+  entry->last_used = ++packed_clock;
+  evict_packed_weights(entry->bytes());
+  packed_bytes += entry->bytes();
+  auto& list = packed_weights[key];
+  list.push_back(std::move(entry));
+  return list.back()->memory;
 }
 
 // inputs: data, weight, bias; outputs: out.
@@ -330,7 +373,7 @@ struct TrainingPlan {
   }
 };
 
-std::map<std::vector<int64_t>, std::unique_ptr<TrainingPlan>> training_plans;
+std::map<std::vector<int64_t>, std::unique_ptr<TrainingPlan>> training_plans;  // as above
 
 // inputs: data, weight, bias; outputs: out.
 MXReturnValue training_forward(const std::unordered_map<std::string, std::string>& attrs,
@@ -440,6 +483,23 @@ REGISTER_OP(unet_conv3x3_train)
     .setInferShape(infer_shape)
     .setForward(training_forward, "cpu")
     .setBackward(training_backward, "cpu");
+
+// 1 when oneDNN has a Winograd convolution for this CPU (AVX-512), else 0: elsewhere these
+// operators would only add layout conversions to oneDNN's usual kernels (unet/native checks).
+extern "C" int unet_winograd_supported() {
+  try {
+    const Shapes shapes({1, 64, 64, 64}, 64);
+    for (auto kind : {dnnl::prop_kind::forward_inference, dnnl::prop_kind::forward_training}) {
+      dnnl::convolution_forward::desc desc(kind, dnnl::algorithm::convolution_winograd,
+                                           shapes.any_src, shapes.any_weights, shapes.bias,
+                                           shapes.any_dst, kOne, kOne, kOne);
+      dnnl::convolution_forward::primitive_desc(desc, user_scratchpad(), cpu_engine());
+    }
+    return 1;
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
 
 MXReturnValue initialize(int version) {
   return version >= 10700 ? MX_SUCCESS : MX_FAIL;
