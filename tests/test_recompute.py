@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
+from unet import native
 from unet.config import ModelConfig
 from unet.losses import SegmentationLoss
 from unet.model import build_unet, initializer
@@ -12,6 +13,8 @@ from unet.train_config import TrainConfig
 
 
 def _net_and_batch(winograd=False, **model):
+    if winograd and not native.conv3x3_available():
+        pytest.skip(f"no Winograd kernel: {native.reason(native.CONV3X3)}")
     mx.random.seed(3)
     cfg = ModelConfig(base_channels=4, depth=2, image_size=32, in_channels=1, **model)
     net = build_unet(cfg, winograd=winograd)
