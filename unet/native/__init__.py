@@ -120,7 +120,8 @@ def _flags(kernel):
 
 def _hashed_files(kernel):
     include = _mxnet_dir() / "include"
-    files = [kernel.source, include / "mxnet" / "lib_api.h", _mxnet_dir() / "src" / "lib_api.cc"]
+    files = [kernel.source, kernel.source.with_name("operator.h"), include / "mxnet" / "lib_api.h",
+             _mxnet_dir() / "src" / "lib_api.cc"]
     if kernel.uses_onednn:
         files += [include / "mkldnn" / "oneapi" / "dnnl" / name
                   for name in ("dnnl.hpp", "dnnl.h", "dnnl_types.h", "dnnl_version.h")]

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "operator.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 using namespace mxnet::ext;
@@ -427,21 +428,12 @@ MXReturnValue training_backward(const std::unordered_map<std::string, std::strin
 
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
-  *num_in = 3;
-  *num_out = 1;
-  return MX_SUCCESS;
+  return unet_native::three_inputs_one_output(num_in, num_out);
 }
 
 MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
                          std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types) {
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "unet_conv3x3: float32 inputs only, got dtype " << t;
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return unet_native::float32_only("unet_conv3x3", *in_types, out_types);
 }
 
 MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -457,10 +449,7 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
     MX_ERROR_MSG << "unet_conv3x3: weight must be (K, " << x[1] << ", 3, 3)";
     return MX_FAIL;
   }
-  std::vector<unsigned int>& b = (*in_shapes)[2];
-  const unsigned int unknown = static_cast<unsigned int>(-1);
-  if (b.empty() || (b.size() == 1 && (b[0] == 0 || b[0] == unknown))) b = {w[0]};
-  if (b.size() != 1 || b[0] != w[0]) {
+  if (!unet_native::channel_shape(&(*in_shapes)[2], w[0])) {
     MX_ERROR_MSG << "unet_conv3x3: bias must have shape (" << w[0] << ",)";
     return MX_FAIL;
   }

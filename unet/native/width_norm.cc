@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "operator.h"
 
 using namespace mxnet::ext;
 
@@ -123,21 +124,12 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
 
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
-  *num_in = 3;
-  *num_out = 1;
-  return MX_SUCCESS;
+  return unet_native::three_inputs_one_output(num_in, num_out);
 }
 
 MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
                          std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types) {
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "unet_width_norm: float32 inputs only, got dtype " << t;
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return unet_native::float32_only("unet_width_norm", *in_types, out_types);
 }
 
 MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -149,11 +141,7 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
     return MX_FAIL;
   }
   for (int p = 1; p <= 2; ++p) {
-    std::vector<unsigned int>& s = (*in_shapes)[p];
-    // Not known yet (no shape, or the unknown size of a deferred parameter): x's last axis.
-    const unsigned int unknown = static_cast<unsigned int>(-1);
-    if (s.empty() || (s.size() == 1 && (s[0] == 0 || s[0] == unknown))) s = {x.back()};
-    if (s.size() != 1 || s[0] != x.back()) {
+    if (!unet_native::channel_shape(&(*in_shapes)[p], x.back())) {
       MX_ERROR_MSG << "unet_width_norm: gamma and beta must have shape (" << x.back() << ",)";
       return MX_FAIL;
     }
