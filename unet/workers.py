@@ -55,21 +55,29 @@ class BatchWorkers:
         self._next_ticket = 0
         self._current_map = None
         self._finalizer = weakref.finalize(self, _stop, self._workers)
+        # Ctrl-C and SIGTERM are held back across the forks: a child would otherwise take one
+        # with the parent's handlers, before _serve installs its own (a KeyboardInterrupt
+        # traceback from inside the interpreter's at-fork hooks). The parent gets any that came
+        # meanwhile when its mask is restored; the child drops a Ctrl-C and dies of a SIGTERM.
+        parent_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            for rank in range(num_workers):
-                task_reader, task_writer = context.Pipe(duplex=False)
-                result_reader, result_writer = context.Pipe(duplex=False)
-                # The child closes the parent's ends it inherited, its own and the earlier
-                # workers', so that it sees end-of-file when the parent dies.
-                inherited = [end for w in self._workers for end in (w.tasks, w.results)]
-                process = context.Process(
-                    target=_serve, name=f"unet-loader-{rank}", daemon=True,
-                    args=(make_batch, task_reader, result_writer,
-                          inherited + [task_writer, result_reader]))
-                process.start()
-                task_reader.close()
-                result_writer.close()
-                self._workers.append(_Worker(rank, process, task_writer, result_reader))
+            try:
+                for rank in range(num_workers):
+                    task_reader, task_writer = context.Pipe(duplex=False)
+                    result_reader, result_writer = context.Pipe(duplex=False)
+                    # The child closes the parent's ends it inherited, its own and the earlier
+                    # workers', so that it sees end-of-file when the parent dies.
+                    inherited = [end for w in self._workers for end in (w.tasks, w.results)]
+                    process = context.Process(
+                        target=_serve, name=f"unet-loader-{rank}", daemon=True,
+                        args=(make_batch, task_reader, result_writer,
+                              inherited + [task_writer, result_reader], parent_mask))
+                    process.start()
+                    task_reader.close()
+                    result_writer.close()
+                    self._workers.append(_Worker(rank, process, task_writer, result_reader))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
         except BaseException:
             self.close()
             raise
@@ -181,11 +189,13 @@ def _signal_name(number):
         return f"signal {number}"
 
 
-def _serve(make_batch, tasks, results, inherited):
+def _serve(make_batch, tasks, results, inherited, signal_mask):
     """A worker's loop: receive ``(ticket, task)``, send ``(ticket, ok, result or exception,
-    traceback text)``."""
+    traceback text)``. Starts with SIGINT and SIGTERM blocked; ``signal_mask`` is the parent's
+    mask, restored once the worker's own handlers are in place."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
     for end in inherited:
         end.close()
     while True:
