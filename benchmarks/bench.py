@@ -335,15 +335,17 @@ def run_data(spec):
 
 def run_epoch(spec):
     """Epochs 2 and 3 of one ``unet.train.train`` run, each from the end of the previous epoch
-    to the end of its own (steps, validation, logging, checkpoints), against the same number of
-    pure steps; ``parts_ms``: the mean time per epoch of validation, checkpoint and histograms."""
+    to the end of its own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time
+    per epoch of its steps (with the waits for data), validation, checkpoint and histograms.
+    The pure steps to compare with are measured by the parent, in fresh processes
+    (:func:`add_epoch_reference`)."""
     from unet import train as training
     from unet.saver import CheckpointSaver
     from unet.tb import TrainingLog
     from unet.train_config import TrainConfig
     size, count = spec["size"], spec["epoch_images"]
     ends, real_end_epoch = [], training._Run._end_epoch
-    parts = {"validation": 0.0, "checkpoint": 0.0, "histograms": 0.0}
+    parts = {"steps": 0.0, "validation": 0.0, "checkpoint": 0.0, "histograms": 0.0}
 
     def end_epoch(run, *args, **kwargs):
         real_end_epoch(run, *args, **kwargs)
@@ -362,6 +364,7 @@ def run_epoch(spec):
         setattr(owner, name, call)
 
     training._Run._end_epoch = end_epoch
+    timed_part(training, "train_epoch", "steps")
     timed_part(training, "validate", "validation")
     timed_part(CheckpointSaver, "save", "checkpoint")
     timed_part(TrainingLog, "histograms", "histograms")
@@ -377,12 +380,31 @@ def run_epoch(spec):
         training.train(cfg)
     epochs_ms = [(b - a) * 1e3 for a, b in zip(ends, ends[1:])]
     steps = max(count // spec["batch"], 1)          # the loader drops an incomplete last batch
-    # The reference: the median of 8 isolated steps (with 3 the ratio moved by +-1.5%).
-    step = run_train(dict(spec, warmup=2, repeat=max(8, spec["repeat"])))
-    pure_ms = steps * median(step["times_ms"])
-    return dict(first_ms=(ends[0] - start) * 1e3, times_ms=epochs_ms, steps=steps,
-                pure_steps_ms=pure_ms, overhead=median(epochs_ms) / pure_ms - 1.0, images=count,
+    return dict(first_ms=(ends[0] - start) * 1e3, times_ms=epochs_ms, steps=steps, images=count,
                 parts_ms=parts)
+
+
+def epoch_reference_spec(spec):
+    """The isolated training steps an epoch row is compared with: 8 after 2 of warm-up."""
+    return dict(spec, task="train", warmup=2, repeat=max(8, spec["repeat"]))
+
+
+def add_epoch_reference(row, references):
+    """Add ``reference_step_ms`` (the median step of the ``references``, train rows measured in
+    fresh processes just before and after the epoch's), ``pure_steps_ms`` (``steps`` times it)
+    and ``overhead`` to an epoch row. Fresh processes, because a step measured in the epoch's
+    own process after training was up to 30% slower; two, because this machine's speed drifts
+    by several percent from one minute to the next."""
+    if row.get("status") != "ok":
+        return row
+    failed = [r for r in references if r.get("status") != "ok"]
+    if failed:
+        return dict(row, status=f"error: reference steps: {failed[0].get('status')}")
+    times = [t for r in references for t in r["times_ms"]]
+    row = dict(row, reference_step_ms=round(median(times), 2))
+    row["pure_steps_ms"] = round(row["steps"] * row["reference_step_ms"], 1)
+    row["overhead"] = round(row["ms_median"] / row["pure_steps_ms"] - 1.0, 4)
+    return row
 
 
 RUNNERS = {"train": run_train, "infer": run_infer, "data": run_data, "epoch": run_epoch,
@@ -411,7 +433,8 @@ def child(spec):
         if kernel in spec:
             row[kernel] = spec[kernel]
     row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
-               repeat=len(times), peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
+               repeat=len(times), times_ms=[round(t, 2) for t in times],
+               peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
     if CPU_MS and spec["task"] in STEP_TASKS:
         row["cpu_ms_median"] = round(median(CPU_MS), 2)
     if "gflop" in result:
@@ -508,7 +531,8 @@ def format_table(rows):
         if r["task"] == "tiled":
             note = f"per pixel {r['per_pixel_vs_single']:.2f}x one {r['tile']} pass"
         elif r["task"] == "epoch":
-            note = (f"epoch vs {r['steps']} pure steps: {100 * r['overhead']:+.1f}%; per epoch "
+            note = (f"epoch vs {r['steps']} pure steps of {r['reference_step_ms']:.0f} ms: "
+                    f"{100 * r['overhead']:+.1f}%; per epoch "
                     + ", ".join(f"{k} {v / 1e3:.2f} s" for k, v in r["parts_ms"].items()))
         elif r["task"] == "data":
             note = f"{r['workers']} workers"
@@ -608,7 +632,13 @@ def main(argv=None):
     if not args.json:
         print(machine_line(info), flush=True)
     for spec in row_specs(args):
-        row = run_row(spec, args.timeout)
+        if spec["task"] == "epoch":
+            before = run_row(epoch_reference_spec(spec), args.timeout)
+            row = run_row(spec, args.timeout)
+            after = run_row(epoch_reference_spec(spec), args.timeout)
+            row = add_epoch_reference(row, [before, after])
+        else:
+            row = run_row(spec, args.timeout)
         row["machine"] = info
         rows.append(row)
         if not args.json:

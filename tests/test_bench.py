@@ -48,7 +48,12 @@ def test_data_epoch_and_tiled_rows():
     data, epoch, tiled = json.loads(done.stdout)
     assert [r["status"] for r in (data, epoch, tiled)] == ["ok"] * 3
     assert data["images"] == 2 and data["images_per_s"] > 0
-    assert epoch["steps"] == 2 and epoch["pure_steps_ms"] > 0 and "overhead" in epoch
+    assert epoch["steps"] == 2 and epoch["reference_step_ms"] > 0
+    assert epoch["pure_steps_ms"] == pytest.approx(2 * epoch["reference_step_ms"], abs=0.1)
+    assert epoch["overhead"] == pytest.approx(
+        epoch["ms_median"] / epoch["pure_steps_ms"] - 1, abs=1e-3)
+    assert set(epoch["parts_ms"]) == {"steps", "validation", "checkpoint", "histograms"}
+    assert 0 < epoch["parts_ms"]["steps"] < epoch["ms_median"]
     assert tiled["image"] == 64 and tiled["tile"] == 32 and tiled["per_pixel_vs_single"] > 0
 
 
@@ -113,3 +118,14 @@ def test_variant_environment(bench):
     assert "UNET_NATIVE" not in bench.child_env(infer)
     assert bench.variant_name(infer) == "fp32 layer-fast direct-conv"
     assert bench.variant_name(dict(infer, winograd=True)) == "fp32 layer-fast"
+
+
+def test_epoch_overhead_is_against_both_reference_processes(bench):
+    row = dict(status="ok", steps=4, ms_median=1100.0)
+    refs = [dict(status="ok", times_ms=[240.0, 250.0]), dict(status="ok", times_ms=[260.0, 300.0])]
+    done = bench.add_epoch_reference(row, refs)
+    assert done["reference_step_ms"] == 255.0 and done["pure_steps_ms"] == 1020.0
+    assert done["overhead"] == pytest.approx(1100 / 1020 - 1, abs=1e-4)
+    failed = bench.add_epoch_reference(row, [refs[0], dict(status="error: rc 1: boom")])
+    assert failed["status"] == "error: reference steps: error: rc 1: boom"
+    assert "overhead" not in failed

@@ -219,7 +219,7 @@ def snapshot(folder):
     return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
 
 
-@pytest.mark.parametrize("failure", ["states", "save_parameters", "params_rename",
+@pytest.mark.parametrize("failure", ["states", "save_weights", "params_rename",
                                      "pending_json"])
 def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, monkeypatch,
                                                  failure):
@@ -231,12 +231,12 @@ def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, 
     train_steps(net, trainer, 1, start=1)
     if failure == "states":
         fail_replace_onto(monkeypatch, str(tmp_path / "unet-last-step2.states"))
-    elif failure == "save_parameters":
-        def broken(filename, *args, **kwargs):
+    elif failure == "save_weights":
+        def broken(net, filename):
             with open(filename, "wb") as handle:
                 handle.write(b"\x12\x01partial")
             raise OSError(28, "No space left on device (simulated)")
-        monkeypatch.setattr(net, "save_parameters", broken)
+        monkeypatch.setattr(ckpt, "save_weights", broken)
     elif failure == "params_rename":
         fail_replace_onto(monkeypatch, path)
     else:
@@ -355,3 +355,10 @@ def test_best_shares_the_last_file_and_stays_whole_when_last_moves_on(make_net, 
     np.testing.assert_array_equal(output(ckpt.load_for_inference(other)[0]),
                                   output(ckpt.load_for_inference(last)[0]))
     assert leftovers(tmp_path) == []
+
+
+def test_weights_file_is_what_gluon_writes(make_net, tmp_path):
+    net, _ = trained(make_net, 1)
+    net.save_parameters(str(tmp_path / "gluon.params"))
+    ckpt.save_weights(net, str(tmp_path / "ours.params"))
+    assert (tmp_path / "ours.params").read_bytes() == (tmp_path / "gluon.params").read_bytes()

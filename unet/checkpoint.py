@@ -14,6 +14,7 @@ renamed onto ``P``, then the pending JSON onto ``P.json``. A crash between the t
 pending JSON whose sha256 matches ``P``; readers accept it. Every other moment leaves the old or the
 new checkpoint whole.
 """
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -79,22 +80,27 @@ def save_checkpoint(net, path, meta, trainer=None, same_weights_as=None):
     old_states = _states_file(path)
     states_path, params_renamed = None, False
     try:
-        if trainer is not None:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
-            states_path = os.path.join(folder, states_name)
-            counters = save_optimizer_state(trainer, states_path)
-            meta["optimizer_state"] = dict(counters, file=states_name,
-                                           sha256=sha256_file(states_path))
-        pending = meta_path(path) + ".pending"
-        with atomic_path(path) as tmp:
-            if _link_weights(same_weights_as, tmp):
-                meta["params_sha256"] = same_weights_as[1]
-            else:
-                net.save_parameters(tmp)
-                meta["params_sha256"] = sha256_file(tmp)
-            write_json(pending, meta)
-            faults.point("checkpoint.params_written")
+        # The optimizer state is hashed on a second thread while the weights are written and
+        # hashed on this one (hashlib lets go of the GIL): a few tenths of a second an epoch.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hasher:
+            if trainer is not None:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
+                states_path = os.path.join(folder, states_name)
+                counters = save_optimizer_state(trainer, states_path)
+                states_digest = hasher.submit(sha256_file, states_path)
+            pending = meta_path(path) + ".pending"
+            with atomic_path(path) as tmp:
+                if _link_weights(same_weights_as, tmp):
+                    meta["params_sha256"] = same_weights_as[1]
+                else:
+                    save_weights(net, tmp)
+                    meta["params_sha256"] = sha256_file(tmp)
+                if trainer is not None:
+                    meta["optimizer_state"] = dict(counters, file=states_name,
+                                                   sha256=states_digest.result())
+                write_json(pending, meta)
+                faults.point("checkpoint.params_written")
         params_renamed = True
         faults.point("checkpoint.renamed")
         os.replace(pending, meta_path(path))
@@ -115,6 +121,17 @@ def save_checkpoint(net, path, meta, trainer=None, same_weights_as=None):
         except OSError:
             pass
     return meta
+
+
+def save_weights(net, path):
+    """``net.save_parameters(path)``: the same file, without the copy of every weight that
+    Gluon makes first where a parameter lives on one CPU context (144 MB for the default model).
+    """
+    params = net._collect_params_with_prefix()
+    if all(p.list_ctx() == [mx.cpu()] for p in params.values()):
+        mx.nd.save(path, {name: p.data() for name, p in params.items()})
+    else:
+        net.save_parameters(path)
 
 
 def _link_weights(source, tmp):
