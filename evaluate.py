@@ -30,8 +30,11 @@ def build_parser():
                              "DIR/SPLIT/mask where masks exist")
     parser.add_argument("--split", default="test",
                         help="split of --data-dir to segment (default: test; e.g. validate)")
-    parser.add_argument("--network-param", metavar="PATH", required=True,
-                        help="checkpoint written by segmenter.py (its PATH.json must be beside it)")
+    parser.add_argument("--network-param", metavar="PATH", required=True, nargs="+",
+                        help="checkpoint written by segmenter.py (its PATH.json must be beside "
+                             "it); several checkpoints make an ensemble: their probabilities are "
+                             "averaged, then thresholded (they must share the classes and mask "
+                             "encoding; --export takes one)")
     parser.add_argument("--output", metavar="PATH",
                         help="mask file (or folder) for a single image (default: NAME_mask.png "
                              "beside it); "
@@ -88,6 +91,9 @@ def build_parser():
 
 
 def check_options(args):
+    if args.export and len(args.network_param) > 1:
+        raise InputError(f"--export writes one network; got {len(args.network_param)} "
+                         f"checkpoints")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not 0.0 <= args.threshold <= 1.0:
@@ -109,13 +115,13 @@ def cell_splitting(args):
 def run(args):
     check_options(args)
     ctx = contexts(args.gpu_id)
-    segmenter = Segmenter.from_checkpoint(
+    segmenter = Segmenter.from_checkpoints(
         args.network_param, ctx=ctx, batch_size=args.batch_size, tta=args.tta,
         threshold=args.threshold, overlap=args.overlap, cell_splitting=cell_splitting(args),
         amp=args.amp, winograd=not args.no_winograd)
-    if args.overlap is not None and args.overlap >= segmenter.tile_size:
-        raise InputError(f"--overlap {args.overlap} must be smaller than the tile size "
-                         f"{segmenter.tile_size}")
+    tile = min(s.tile_size for s in [segmenter] + segmenter.members)
+    if args.overlap is not None and args.overlap >= tile:
+        raise InputError(f"--overlap {args.overlap} must be smaller than the tile size {tile}")
     if args.export:
         for path in export_network(segmenter.net, segmenter.meta, args.export):
             print(path)
@@ -143,7 +149,8 @@ def run(args):
     print(f"{len(samples)} masks in {output}")
     if rows:
         splitting = segmenter.cell_splitting
-        info = {"checkpoint": os.path.abspath(args.network_param), "tta": args.tta,
+        paths = [os.path.abspath(p) for p in args.network_param]
+        info = {"checkpoint": paths[0] if len(paths) == 1 else paths, "tta": args.tta,
                 "threshold": args.threshold, "num_images": len(samples),
                 "split_cells": splitting.to_dict() if splitting else None}
         paths = write_metrics(output, rows, info)

@@ -13,6 +13,9 @@
 #   TTA        1: average the 8 flips/rotations at evaluation, 0: single pass [1]
 #   SPLIT_CELLS 1: separate touching cells by a seeded watershed (evaluate.py --split-cells),
 #              0: threshold only, as the reference [1]
+#   MODELS     N > 1: train N models side by side (seeds 0..N-1, one OpenMP thread each unless
+#              OMP_NUM_THREADS is set) into OUT_DIR/model-SEED/, and evaluate their ensemble
+#              (probabilities averaged) [1]
 #   PYTHON     interpreter [.venv/bin/python]
 # Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
 # error, Dice, IoU, adapted Rand error as predicted and after border thinning, the ISBI challenge's
@@ -31,13 +34,51 @@ eval_flags=()
 # other jobs share the cores, OMP_NUM_THREADS=1 is up to 4x faster (threads spin waiting for each
 # other; docs/quality.md).
 
-"$python" segmenter.py --data-dir "$data_dir" \
-    --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" \
-    --image-size 256 --base-channels 16 --depth 4 --norm batch \
-    --batch-size 2 --epoch-size 300 --num-epochs 100 --num-workers 1 \
-    --optimizer adam --learning-rate 0.001 --lr-decay 0.3 --lr-decay-epoch 20,28 \
-    --time-limit 55 --no-histograms --log-images 1 "$@"
+models="${MODELS:-1}"
+if ! [[ "$models" =~ ^[1-9][0-9]*$ ]]; then
+    echo "isbi_recipe.sh: MODELS must be a positive integer, got '$models'" >&2
+    exit 2
+fi
+
+# The recipe; the checkpoint, the log folder and the caller's flags (which win) come after.
+recipe=("$python" segmenter.py --data-dir "$data_dir"
+    --image-size 256 --base-channels 16 --depth 4 --norm batch
+    --batch-size 2 --epoch-size 300 --num-epochs 100 --num-workers 1
+    --optimizer adam --learning-rate 0.001 --lr-decay 0.3 --lr-decay-epoch 20,28
+    --time-limit 55 --no-histograms --log-images 1)
+
+checkpoints=()
+if [[ "$models" == 1 ]]; then
+    "${recipe[@]}" --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" "$@"
+    checkpoints=("$out_dir/unet.params")
+else
+    # Side by side, one thread each: two 1-thread runs train 2 x 2.9 crops/s on 2 cores, one
+    # 2-thread run 5.1 (docs/quality.md). Background jobs of a script ignore Ctrl-C, so it is
+    # passed on as SIGTERM, on which segmenter.py saves its state and stops.
+    pids=()
+    trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
+    for ((seed = 0; seed < models; seed++)); do
+        dir="$out_dir/model-$seed"
+        mkdir -p "$dir"
+        # A simple command: the background job is segmenter.py itself, so $! is its pid.
+        OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "${recipe[@]}" \
+            --checkpoint-file "$dir/unet.params" --log-dir "$dir/logs" --seed "$seed" "$@" \
+            > "$dir/train.log" 2>&1 &
+        pids+=($!)
+        checkpoints+=("$dir/unet.params")
+    done
+    echo "training $models models side by side; logs in $out_dir/model-*/train.log" >&2
+    failed=0
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    trap - INT TERM
+    if [[ "$failed" == 1 ]]; then
+        echo "isbi_recipe.sh: a training run failed; see $out_dir/model-*/train.log" >&2
+        exit 1
+    fi
+fi
 "$python" evaluate.py --data-dir "$data_dir" --split validate \
-    --network-param "$out_dir/unet.params" --output "$out_dir/predictions" \
+    --network-param "${checkpoints[@]}" --output "$out_dir/predictions" \
     --threshold "$threshold" --overlap "$overlap" "${eval_flags[@]}" \
     --overlay --probabilities npy --no-progress

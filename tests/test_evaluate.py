@@ -36,8 +36,13 @@ def blobs(height, width, seed):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A base-4, depth-2 layer-norm model trained for a few steps to find bright discs."""
-    mx.random.seed(0)
-    config = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=TILE)
+    return train_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=0)
+
+
+def train_checkpoint(folder, seed, steps=60, num_classes=2):
+    mx.random.seed(seed)
+    config = ModelConfig(in_channels=1, num_classes=num_classes, base_channels=4, depth=2,
+                         image_size=TILE)
     net = build_unet(config)
     net.initialize(initializer())
     net.hybridize()
@@ -46,16 +51,18 @@ def checkpoint(tmp_path_factory):
     images, masks = zip(*(blobs(TILE, TILE, seed) for seed in range(16)))
     x = mx.nd.array((np.stack(images)[:, None] / 255.0 - 0.5) / 0.25)
     y = mx.nd.array(np.stack(masks) > 0)
-    for _ in range(60):
+    for _ in range(steps):
         with autograd.record():
             loss = loss_fn(net(x), y)
         loss.backward()
         trainer.step(len(images))
-    path = str(tmp_path_factory.mktemp("ckpt") / "unet_best.params")
+    path = str(folder / "unet_best.params")
+    encoding = {"kind": "binary", "values": [0, 255], "colormap": None} if num_classes == 2 \
+        else {"kind": "index", "values": list(range(num_classes)), "colormap": None}
     save_checkpoint(net, path, {
-        "model": config.to_dict(), "epoch": 1, "global_step": 60,
+        "model": config.to_dict(), "epoch": 1, "global_step": steps,
         "data": {"channels": 1, "normalization": {"mean": [0.5], "std": [0.25]},
-                 "encoding": {"kind": "binary", "values": [0, 255], "colormap": None}}})
+                 "encoding": encoding}})
     return path
 
 
@@ -359,3 +366,41 @@ def test_int8_calibrates_on_images_spread_over_the_folder(tmp_path, checkpoint, 
                                                                    np.float32)).mean())
                       for i in (0, 2, 4, 6))
     np.testing.assert_allclose(levels, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_ensemble_averages_the_probabilities_of_its_checkpoints(tmp_path, capsys, checkpoint):
+    other = train_checkpoint(tmp_path, seed=5, steps=20)
+    image = write(tmp_path / "in.png", blobs(40, 36, seed=9)[0])
+    probs = {}
+    for name, params in (("first", [checkpoint]), ("second", [other]),
+                         ("both", [checkpoint, other])):
+        target = tmp_path / name / "in_mask.png"
+        os.makedirs(target.parent)
+        code, _, err = run(capsys, "--image", image, "--network-param", *params, "--output",
+                           target, "--probabilities", "npy", "--tta")
+        assert code == 0, err
+        probs[name] = np.load(tmp_path / name / "in_prob.npy")
+    assert np.abs(probs["first"] - probs["second"]).max() > 0.05      # two different models
+    np.testing.assert_allclose(probs["both"], (probs["first"] + probs["second"]) / 2, atol=1e-5)
+    mask = cv2.imread(str(tmp_path / "both" / "in_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert ((probs["both"] >= 0.5) == (mask == 255)).all()
+
+
+def test_an_ensemble_scores_a_folder_and_names_its_checkpoints(tmp_path, capsys, checkpoint):
+    dataset(tmp_path / "data", [(40, 40), (33, 47)], masked={0, 1})
+    code, out, err = run(capsys, "--data-dir", tmp_path / "data", "--network-param", checkpoint,
+                         checkpoint, "--output", tmp_path / "pred")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == [os.path.abspath(checkpoint)] * 2
+    assert metrics["num_images"] == 2
+
+
+def test_an_ensemble_refuses_other_classes_and_export(tmp_path, capsys, checkpoint):
+    three = train_checkpoint(tmp_path, seed=1, steps=2, num_classes=3)
+    image = write(tmp_path / "in.png", blobs(40, 36, seed=9)[0])
+    line = one_line_error(capsys, "--image", image, "--network-param", checkpoint, three)
+    assert "same classes and mask encoding" in line
+    line = one_line_error(capsys, "--network-param", checkpoint, checkpoint, "--export",
+                          tmp_path / "deploy" / "unet")
+    assert "--export writes one network" in line

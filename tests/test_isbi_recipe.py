@@ -56,3 +56,34 @@ def test_recipe_bad_data_dir_is_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out" / "unet.params").exists()
+
+
+def test_recipe_trains_models_side_by_side_and_scores_their_ensemble(tmp_path):
+    # Not slow: MODELS=2 on a tiny demo set, one short epoch each, flags overriding the recipe's.
+    from unet.demo_data import generate_demo_dataset
+    data = tmp_path / "data"
+    generate_demo_dataset(data, seed=3, size=64, n_train=4, n_validate=2, n_test=1)
+    env_extra = {"MODELS": "2", "OVERLAP": "8"}
+    env = dict(os.environ, DATA_DIR=str(data), OUT_DIR=str(tmp_path / "out"),
+               PYTHON=sys.executable, TTA="0", **env_extra)
+    tiny = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--num-epochs", "1",
+            "--epoch-size", "4", "--num-workers", "0"]
+    result = subprocess.run(["bash", str(SCRIPT), *tiny], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seeds = []
+    for seed in (0, 1):
+        meta = json.loads((tmp_path / "out" / f"model-{seed}" / "unet.params.json").read_text())
+        seeds.append(meta["seed"])
+    assert seeds == [0, 1]
+    metrics = json.loads((tmp_path / "out" / "predictions" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == [str(tmp_path / "out" / f"model-{s}" / "unet.params")
+                                     for s in (0, 1)]
+    assert metrics["num_images"] == 2 and 0 <= metrics["mean"]["pixel_error"] <= 1
+
+
+def test_recipe_refuses_a_bad_model_count(tmp_path):
+    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), MODELS="two")
+    result = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "MODELS must be a positive integer" in result.stderr

@@ -110,6 +110,9 @@ class Segmenter:
         :mod:`unet.native` (:func:`unet.model.inference_copy`): about half the time of MXNet's
         own at 512x512, the same probabilities up to float rounding (~1e-5). Where the kernel is
         not available (no compiler, no oneDNN wheel) MXNet's convolutions run, after one warning.
+
+    :meth:`add_members` makes it an ensemble: the probabilities of every member (each with its
+    own network, tile size and input normalization) are averaged before the threshold.
     """
 
     def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None,
@@ -143,6 +146,30 @@ class Segmenter:
             self.forward_net = inference_copy(net, winograd)
             self.forward_net.hybridize(static_alloc=True)
         self.needs_calibration = amp == "int8"
+        self.members = []
+
+    def add_members(self, others):
+        """Average the probabilities of the :class:`Segmenter` ``others`` with this one's.
+
+        They must predict the same classes with the same mask encoding (``InputError`` if not);
+        their networks, tiles and input normalizations may differ. This segmenter's threshold,
+        cell splitting and mask encoding decide the masks.
+        """
+        for other in others:
+            if other.num_classes != self.num_classes or \
+                    other.encoding.to_dict() != self.encoding.to_dict():
+                raise InputError(f"an ensemble needs checkpoints of the same classes and mask "
+                                 f"encoding: {self.num_classes} classes "
+                                 f"({self.encoding.to_dict()['kind']}) against "
+                                 f"{other.num_classes} ({other.encoding.to_dict()['kind']})")
+            self.members.append(other)
+
+    @classmethod
+    def from_checkpoints(cls, params_paths, ctx=None, **options):
+        """One checkpoint, or an ensemble of several (:meth:`add_members`), from their files."""
+        first, *others = [cls.from_checkpoint(path, ctx=ctx, **options) for path in params_paths]
+        first.add_members(others)
+        return first
 
     @classmethod
     def from_checkpoint(cls, params_path, ctx=None, **options):
@@ -164,9 +191,12 @@ class Segmenter:
         unlike the rest, blank or of another stain, would calibrate the ranges badly: give a few
         of the folder). Once; does nothing for other ``amp`` modes or when already calibrated.
         """
+        images = list(images)
+        for member in self.members:
+            member.calibrate(images, names)
         if not self.needs_calibration:
             return
-        images = list(images)[:CALIBRATION_TILES]
+        images = images[:CALIBRATION_TILES]
         names = list(names) if names is not None else ["image"] * len(images)
         counts = [CALIBRATION_TILES // len(images) + (i < CALIBRATION_TILES % len(images))
                   for i in range(len(images))]
@@ -179,16 +209,25 @@ class Segmenter:
     def predict(self, image, name="image"):
         """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
         self.calibrate([image], [name])       # int8 not yet calibrated: on this image
-        image = self.normalization.apply(match_channels(image, self.channels, name))
-        probabilities = predict_probabilities(
-            self.forward_net, image, self.tile_size, ctx=self.ctx,
-            batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
+        probabilities = self._probabilities(image, name)
+        if self.members:
+            for member in self.members:
+                probabilities += member._probabilities(image, name)
+            probabilities /= 1 + len(self.members)
         if self.cell_splitting is None:
             classes = classes_from_probabilities(probabilities, self.threshold)
         else:
             classes = split_cells(probabilities[1], self.threshold,
                                   self.cell_splitting).astype(np.int32)
         return Prediction(probabilities, classes, self.encoding.encode(classes))
+
+
+    def _probabilities(self, image, name):
+        """``(K, H, W)`` float32: this segmenter's own network on the ``(H, W, C)`` image."""
+        image = self.normalization.apply(match_channels(image, self.channels, name))
+        return predict_probabilities(
+            self.forward_net, image, self.tile_size, ctx=self.ctx,
+            batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
 
 
 def output_paths(mask_path):
