@@ -31,10 +31,11 @@ def build_parser():
     parser.add_argument("--split", default="test",
                         help="split of --data-dir to segment (default: test; e.g. validate)")
     parser.add_argument("--network-param", metavar="PATH", required=True, nargs="+",
+                        action="extend",
                         help="checkpoint written by segmenter.py (its PATH.json must be beside "
-                             "it); several checkpoints make an ensemble: their probabilities are "
-                             "averaged, then thresholded (they must share the classes and mask "
-                             "encoding; --export takes one)")
+                             "it); several checkpoints (after one flag or repeated flags) make an "
+                             "ensemble: their probabilities are averaged, then thresholded (they "
+                             "must share the classes and mask encoding; --export takes one)")
     parser.add_argument("--output", metavar="PATH",
                         help="mask file (or folder) for a single image (default: NAME_mask.png "
                              "beside it); "

@@ -385,8 +385,10 @@ def run_epoch(spec):
 
 
 def epoch_reference_spec(spec):
-    """The isolated training steps an epoch row is compared with: 8 after 2 of warm-up."""
-    return dict(spec, task="train", warmup=2, repeat=max(8, spec["repeat"]))
+    """The isolated training steps an epoch row is compared with: 8 (or ``--repeat``) after 2
+    of warm-up, with the epoch's kernels (its ``--no-fused-norm`` turns off both)."""
+    return dict(spec, task="train", warmup=2, repeat=max(8, spec["repeat"]),
+                winograd=spec["winograd"] and spec["fused_norm"])
 
 
 def add_epoch_reference(row, references):

@@ -17,7 +17,8 @@
 #              OMP_NUM_THREADS is set) into OUT_DIR/model-SEED/, and evaluate their ensemble
 #              (probabilities averaged) [1]
 #   PYTHON     interpreter [.venv/bin/python]
-# Writes OUT_DIR/unet.params (best validation Dice), OUT_DIR/predictions/metrics.json (pixel
+# Writes OUT_DIR/unet.params (best validation Dice; OUT_DIR/model-SEED/unet.params with MODELS > 1,
+# where a --seed flag would give every model that one seed), OUT_DIR/predictions/metrics.json (pixel
 # error, Dice, IoU, adapted Rand error as predicted and after border thinning, the ISBI challenge's
 # pixel error (1 - best F-score), per validate slice and mean) and overlays beside the masks.
 set -euo pipefail
@@ -54,9 +55,12 @@ if [[ "$models" == 1 ]]; then
 else
     # Side by side, one thread each: two 1-thread runs train 2 x 2.9 crops/s on 2 cores, one
     # 2-thread run 5.1 (docs/quality.md). Background jobs of a script ignore Ctrl-C, so it is
-    # passed on as SIGTERM, on which segmenter.py saves its state and stops.
+    # passed on as SIGTERM, on which segmenter.py saves its state and stops (a second SIGTERM,
+    # where the whole process group got one too, is ignored while it saves).
     pids=()
-    trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
+    stop() { kill -TERM $(jobs -pr) 2>/dev/null; wait; exit "$1"; }
+    trap 'stop 130' INT
+    trap 'stop 143' TERM
     for ((seed = 0; seed < models; seed++)); do
         dir="$out_dir/model-$seed"
         mkdir -p "$dir"

@@ -404,3 +404,9 @@ def test_an_ensemble_refuses_other_classes_and_export(tmp_path, capsys, checkpoi
     line = one_line_error(capsys, "--network-param", checkpoint, checkpoint, "--export",
                           tmp_path / "deploy" / "unet")
     assert "--export writes one network" in line
+
+
+def test_repeated_network_param_flags_add_up(tmp_path, capsys, checkpoint):
+    args = evaluate.build_parser().parse_args(
+        ["--image", "x.png", "--network-param", "a", "b", "--network-param", "c"])
+    assert args.network_param == ["a", "b", "c"]

@@ -185,6 +185,22 @@ def test_ctrl_c_saves_the_state_and_exits_cleanly(tmp_path, demo, signal_name, w
     assert read_meta(last_path(ckpt))["epoch"] == 3
 
 
+def test_a_second_sigterm_does_not_abort_the_state_save(tmp_path, demo):
+    # SIGTERM at every weights write from the 2nd on: epoch 1's best save is stopped, and the
+    # state save that follows gets one more SIGTERM half-way: it is ignored, the state written.
+    ckpt = tmp_path / "unet.params"
+    args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
+            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY
+    env = dict(os.environ, UNET_KILL_AT="checkpoint.params_written:2", UNET_KILL_SIGNAL="TERM")
+    stopped = _segmenter(args, env)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "state saved" in stopped.stderr and "Traceback" not in stopped.stderr
+    meta = read_meta(last_path(ckpt))
+    assert meta["epoch"] == 1 and meta["global_step"] == 2
+    done = _segmenter(args + ["--checkpoint", "load"])
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_killed_loader_worker_saves_the_state_and_exits_1(tmp_path, demo):
     # The OOM killer takes worker 0 after step 3. Step 4's batch came from worker 1, so epoch 2
     # ends and is saved; epoch 3's first batch is worker 0's: one line, the state saved again.

@@ -101,7 +101,7 @@ def save_checkpoint(net, path, meta, trainer=None, same_weights_as=None):
                                                    sha256=states_digest.result())
                 write_json(pending, meta)
                 faults.point("checkpoint.params_written")
-        params_renamed = True
+            params_renamed = True
         faults.point("checkpoint.renamed")
         os.replace(pending, meta_path(path))
         faults.point("checkpoint.committed")

@@ -192,12 +192,12 @@ class Segmenter:
         of the folder). Once; does nothing for other ``amp`` modes or when already calibrated.
         """
         images = list(images)
+        names = list(names) if names is not None else ["image"] * len(images)
         for member in self.members:
             member.calibrate(images, names)
         if not self.needs_calibration:
             return
-        images = images[:CALIBRATION_TILES]
-        names = list(names) if names is not None else ["image"] * len(images)
+        images, names = images[:CALIBRATION_TILES], names[:CALIBRATION_TILES]
         counts = [CALIBRATION_TILES // len(images) + (i < CALIBRATION_TILES % len(images))
                   for i in range(len(images))]
         tiles = [sample_tiles(self.normalization.apply(match_channels(image, self.channels, name)),

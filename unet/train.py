@@ -5,10 +5,13 @@
 the previous checkpoint whole whatever happens, saves the state on Ctrl-C, and stops with
 :class:`~unet.errors.TrainingDiverged` on a NaN or infinite loss.
 """
+import contextlib
 import dataclasses
 import logging
 import os
 import random
+import signal
+import threading
 import time
 
 import mxnet as mx
@@ -112,14 +115,32 @@ def train(cfg):
         run.loop()
         finish(run.is_dist)
     except KeyboardInterrupt:
-        run.save_interrupted("interrupted")
+        with _stop_signals_ignored():
+            run.save_interrupted("interrupted")
         raise
     except WorkerDied:
-        run.save_interrupted("a data-loader worker died")
+        with _stop_signals_ignored():
+            run.save_interrupted("a data-loader worker died")
         raise
     finally:
         run.close()
     return run.saver.last_meta
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored():
+    """Ignore Ctrl-C and SIGTERM while the state is saved after a stop: a second signal (a
+    SIGTERM to the whole process group and then one to this process, a double Ctrl-C) would
+    otherwise abort the save and lose the work since the last checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _Run:

@@ -55,13 +55,15 @@ class BatchWorkers:
         self._next_ticket = 0
         self._current_map = None
         self._finalizer = weakref.finalize(self, _stop, self._workers)
-        # Ctrl-C and SIGTERM are held back across the forks: a child would otherwise take one
-        # with the parent's handlers, before _serve installs its own (a KeyboardInterrupt
-        # traceback from inside the interpreter's at-fork hooks). The parent gets any that came
-        # meanwhile when its mask is restored; the child drops a Ctrl-C and dies of a SIGTERM.
-        parent_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # Ctrl-C and SIGTERM are blocked in this thread across the forks, and a child inherits
+        # the mask: it would otherwise take one with the parent's handlers before _serve
+        # installs its own (a KeyboardInterrupt traceback from inside the interpreter's at-fork
+        # hooks). The child then drops a Ctrl-C and dies of a SIGTERM; this thread gets what
+        # came meanwhile when its mask is restored (other threads may take one earlier).
+        parent_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         try:
             try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 for rank in range(num_workers):
                     task_reader, task_writer = context.Pipe(duplex=False)
                     result_reader, result_writer = context.Pipe(duplex=False)
