@@ -37,19 +37,25 @@ def test_fused_norm_matches_mxnet_layer_norm_and_its_gradients(kernel, shape, ep
     gamma = mx.nd.array(rng.uniform(0.5, 1.5, shape[-1]))
     beta = mx.nd.array(rng.normal(0.0, 1.0, shape[-1]))
     head = mx.nd.array(rng.normal(0.0, 1.0, shape))
+    _assert_same_forward_backward(lambda *a: mx.nd.LayerNorm(*a, axis=-1, eps=eps),
+                                  lambda *a: mx.nd.unet_width_norm(*a, eps=eps),
+                                  (x, gamma, beta), head, ("y", "dx", "dgamma", "dbeta"), 1e-4)
 
-    def run(op):
-        for a in (x, gamma, beta):
+
+def _assert_same_forward_backward(reference, op, inputs, head, names, atol):
+    """``op(*inputs)`` and the gradients of ``inputs`` (for output gradient ``head``) equal
+    ``reference``'s: rtol 1e-4, and ``atol`` times each reference array's largest value."""
+    def forward_backward(function):
+        for a in inputs:
             a.attach_grad()
         with autograd.record():
-            y = op(x, gamma, beta, eps=eps)
+            y = function(*inputs)
         y.backward(head)
-        return [a.asnumpy() for a in (y, x.grad, gamma.grad, beta.grad)]
+        return [y.asnumpy()] + [a.grad.asnumpy() for a in inputs]
 
-    expected = run(lambda *a, **k: mx.nd.LayerNorm(*a, axis=-1, **k))
-    got = run(mx.nd.unet_width_norm)
-    for name, e, g in zip(("y", "dx", "dgamma", "dbeta"), expected, got):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    expected, got = forward_backward(reference), forward_backward(op)
+    for name, e, g in zip(names, expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=atol * np.abs(e).max(), err_msg=name)
 
 
 def test_fused_block_adds_up_gradients_where_asked(kernel):
@@ -254,19 +260,9 @@ def test_winograd_training_conv_matches_mxnet_convolution_and_its_gradients(conv
     weight = mx.nd.array(rng.normal(0.0, (2.0 / (9 * c)) ** 0.5, (k, c, 3, 3)))
     bias = mx.nd.array(rng.normal(0.0, 0.5, k))
     head = mx.nd.array(rng.normal(0.0, 1.0, (n, k, h, w)))
-
-    def run(op):
-        for a in (x, weight, bias):
-            a.attach_grad()
-        with autograd.record():
-            y = op(x, weight, bias)
-        y.backward(head)
-        return [a.asnumpy() for a in (y, x.grad, weight.grad, bias.grad)]
-
-    expected = run(lambda *a: mx.nd.Convolution(*a, kernel=(3, 3), pad=(1, 1), num_filter=k))
-    got = run(mx.nd.unet_conv3x3_train)
-    for name, e, g in zip(("y", "dx", "dweight", "dbias"), expected, got):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max(), err_msg=name)
+    _assert_same_forward_backward(
+        lambda *a: mx.nd.Convolution(*a, kernel=(3, 3), pad=(1, 1), num_filter=k),
+        mx.nd.unet_conv3x3_train, (x, weight, bias), head, ("y", "dx", "dweight", "dbias"), 1e-5)
 
 
 def test_winograd_block_adds_up_gradients_where_asked(conv_kernel):
