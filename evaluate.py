@@ -150,9 +150,9 @@ def run(args):
     print(f"{len(samples)} masks in {output}")
     if rows:
         splitting = segmenter.cell_splitting
-        paths = [os.path.abspath(p) for p in args.network_param]
-        info = {"checkpoint": paths[0] if len(paths) == 1 else paths, "tta": args.tta,
-                "threshold": args.threshold, "num_images": len(samples),
+        checkpoints = [os.path.abspath(p) for p in args.network_param]
+        info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+                "tta": args.tta, "threshold": args.threshold, "num_images": len(samples),
                 "split_cells": splitting.to_dict() if splitting else None}
         paths = write_metrics(output, rows, info)
         print(format_table(rows))

@@ -221,7 +221,6 @@ class Segmenter:
                                   self.cell_splitting).astype(np.int32)
         return Prediction(probabilities, classes, self.encoding.encode(classes))
 
-
     def _probabilities(self, image, name):
         """``(K, H, W)`` float32: this segmenter's own network on the ``(H, W, C)`` image."""
         image = self.normalization.apply(match_channels(image, self.channels, name))
