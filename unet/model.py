@@ -129,10 +129,7 @@ def inference_copy(net, winograd=True):
     The copy shares ``net``'s parameters (the same arrays: loading new weights into one changes
     both) and has no backward pass. ``net`` stays as it is (training, export, quantization).
     """
-    if not winograd or net.conv_kernel == "winograd-inference":
-        return net
-    from .native import conv3x3_available
-    if not conv3x3_available():
+    if net.conv_kernel == "winograd-inference" or conv_kernel(winograd) != "winograd":
         return net
     return UNet(net.config, conv_kernel="winograd-inference", prefix=net.prefix,
                 params=net.collect_params())
