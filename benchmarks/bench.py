@@ -333,12 +333,19 @@ def run_data(spec):
     return dict(first_ms=first, times_ms=times, images=images, workers=spec["workers"])
 
 
+# The epoch row's run: the first epoch builds and compiles; the second's checkpoint is the run's
+# second, whose 432 MB of new file pages cost this VM up to 1 s of system time more than any
+# later save (the first two saves of a run took 1.3-1.4 s, the later ones 0.5-0.7 s: from the
+# third on, the pages a save frees are reused). Steady state is what a long training run pays.
+WARMUP_EPOCHS, TIMED_EPOCHS = 2, 2
+
+
 def run_epoch(spec):
-    """Epochs 2 and 3 of one ``unet.train.train`` run, each from the end of the previous epoch
-    to the end of its own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time
-    per epoch of its steps (with the waits for data), validation, checkpoint and histograms.
-    The pure steps to compare with are measured by the parent, in fresh processes
-    (:func:`add_epoch_reference`)."""
+    """The last ``TIMED_EPOCHS`` epochs of one ``unet.train.train`` run of
+    ``WARMUP_EPOCHS + TIMED_EPOCHS``, each from the end of the previous epoch to the end of its
+    own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time per epoch of its
+    steps (with the waits for data), validation, checkpoint and histograms. The pure steps to
+    compare with are measured by the parent, in fresh processes (:func:`add_epoch_reference`)."""
     from unet import train as training
     from unet.saver import CheckpointSaver
     from unet.tb import TrainingLog
@@ -359,8 +366,8 @@ def run_epoch(spec):
             try:
                 return real(*args, **kwargs)
             finally:
-                if ends:        # the timed epochs: 2 and 3
-                    parts[part] += (time.perf_counter() - start) * 1e3 / 2
+                if len(ends) >= WARMUP_EPOCHS:
+                    parts[part] += (time.perf_counter() - start) * 1e3 / TIMED_EPOCHS
         setattr(owner, name, call)
 
     training._Run._end_epoch = end_epoch
@@ -373,12 +380,13 @@ def run_epoch(spec):
         cfg = TrainConfig(model=model_config(spec, size), channels=spec["channels"],
                           data_dir=data, checkpoint_file=os.path.join(folder, "c", "u.params"),
                           log_dir=os.path.join(folder, "logs"), batch_size=spec["batch"],
-                          num_epochs=3, epoch_size=count, num_workers=spec["workers"],
+                          num_epochs=WARMUP_EPOCHS + TIMED_EPOCHS, epoch_size=count, num_workers=spec["workers"],
                           amp=spec["amp"], fast_norm=spec["fast_norm"],
                           winograd=spec["winograd"], recompute=spec["recompute"], seed=0)
         start = time.perf_counter()
         training.train(cfg)
-    epochs_ms = [(b - a) * 1e3 for a, b in zip(ends, ends[1:])]
+    timed = ends[WARMUP_EPOCHS - 1:]
+    epochs_ms = [(b - a) * 1e3 for a, b in zip(timed, timed[1:])]
     steps = max(count // spec["batch"], 1)          # the loader drops an incomplete last batch
     return dict(first_ms=(ends[0] - start) * 1e3, times_ms=epochs_ms, steps=steps, images=count,
                 parts_ms=parts)
