@@ -380,7 +380,8 @@ def run_epoch(spec):
         cfg = TrainConfig(model=model_config(spec, size), channels=spec["channels"],
                           data_dir=data, checkpoint_file=os.path.join(folder, "c", "u.params"),
                           log_dir=os.path.join(folder, "logs"), batch_size=spec["batch"],
-                          num_epochs=WARMUP_EPOCHS + TIMED_EPOCHS, epoch_size=count, num_workers=spec["workers"],
+                          num_epochs=WARMUP_EPOCHS + TIMED_EPOCHS, epoch_size=count,
+                          num_workers=spec["workers"],
                           amp=spec["amp"], fast_norm=spec["fast_norm"],
                           winograd=spec["winograd"], recompute=spec["recompute"], seed=0)
         start = time.perf_counter()
