@@ -7,6 +7,7 @@
 """
 import sys
 
+from unet.augment import GEOMETRIES
 from unet.cli import OneLineParser, float_list, int_list, run_guarded, setup_logging
 from unet.config import NORMS, UPSAMPLE_MODES, ModelConfig
 from unet.losses import LOSSES
@@ -44,6 +45,11 @@ def build_parser():
                    help="first write the built-in synthetic EM dataset into --data-dir if it "
                         "holds no images")
     d.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    d.add_argument("--geometry", choices=GEOMETRIES, default="elastic",
+                   help="geometric augmentation: 'lossless' = random crop, flips and 90-degree "
+                        "turns, which resample nothing; 'affine' adds a rotation by up to 10 "
+                        "degrees and a scale of 0.9-1.1 on half the crops; 'elastic' adds the "
+                        "paper's elastic grid on half the crops too (default elastic)")
     d.add_argument("--num-workers", type=int, default=2,
                    help="loader worker processes; 0 loads in the main process (default 2)")
     d.add_argument("--epoch-size", type=int, default=None,
@@ -145,6 +151,7 @@ def train_config(args):
         gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
         w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
+        geometry=args.geometry,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
         winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,
         histograms=not args.no_histograms, time_limit=args.time_limit)

@@ -38,6 +38,49 @@ def test_augmentation_keeps_image_mask_and_weight_aligned(height, width, crop):
         assert out_weight.min() >= 1.0 - 1e-4 and out_weight.max() <= 5.0 + 1e-4
 
 
+def d4_images(array):
+    """The 8 flips and 90-degree turns of a square ``array``."""
+    turns = [np.rot90(array, k) for k in range(4)]
+    return turns + [np.fliplr(t) for t in turns]
+
+
+def moved_copy_of(image, classes, out, out_classes):
+    """Whether ``out_classes`` is a crop of ``classes`` flipped or turned, and ``out`` the same
+    crop of ``image`` under a monotone intensity map (what Intensity's jitter is)."""
+    size = out_classes.shape[0]
+    for y in range(image.shape[0] - size + 1):
+        for x in range(image.shape[1] - size + 1):
+            window = (slice(y, y + size), slice(x, x + size))
+            for mask, pixels in zip(d4_images(classes[window]), d4_images(image[window])):
+                if np.array_equal(mask, out_classes):
+                    order = np.argsort(pixels, axis=None)
+                    return bool((np.diff(out.ravel()[order]) >= -1e-6).all())
+    return False
+
+
+def test_lossless_geometry_only_moves_pixels():
+    image, classes = blobs(64, 64, seed=2)
+    lossless = build_augmenter(48, geometry="lossless")
+    for seed in range(8):
+        out, out_classes, _ = augment(lossless, image[:, :, None], classes, seed=seed)
+        assert moved_copy_of(image, classes, out[:, :, 0], out_classes)
+    # the resampling warps do not: they move boundaries by fractions of a pixel
+    warped = build_augmenter(48, geometry="elastic")
+    moved = [moved_copy_of(image, classes, out[:, :, 0], out_classes)
+             for out, out_classes, _ in (augment(warped, image[:, :, None], classes, seed=seed)
+                                         for seed in range(8))]
+    assert not all(moved)
+
+
+@pytest.mark.parametrize("geometry, warps", [("lossless", []), ("affine", ["Affine"]),
+                                             ("elastic", ["Affine", "ElasticGrid"])])
+def test_geometry_selects_the_warps(geometry, warps):
+    steps = build_augmenter(32, geometry=geometry)
+    found = [type(child).__name__ for step in steps if isinstance(step, iaa.Sometimes)
+             for child in step.then_list]
+    assert found == warps
+
+
 def test_mask_values_stay_in_class_set_rgb_three_classes():
     rng = np.random.default_rng(1)
     classes = ndimage.zoom(rng.integers(0, 3, (6, 6)), 10, order=0).astype(np.int32)
@@ -103,6 +146,7 @@ def test_mirror_pad_and_center_crop():
 
 
 @pytest.mark.parametrize("call", [lambda: build_augmenter(0), lambda: ElasticGrid(grid=1),
+                                  lambda: build_augmenter(32, geometry="warp"),
                                   lambda: augment(iaa.Noop(), np.zeros((4, 4, 1), np.float32),
                                                   np.zeros((4, 5), np.int32))])
 def test_bad_arguments(call):

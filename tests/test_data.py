@@ -191,6 +191,9 @@ def test_dataset_items_with_and_without_augmentation(tmp_path):
     assert set(np.unique(label)) <= {0.0, 1.0}
     with pytest.raises(IndexError):
         augmented[2]
+    lossless = SegmentationDataset(info.train, info, 16, augment=True, geometry="lossless")
+    assert [type(child).__name__ for step in lossless.augmenter
+            for child in getattr(step, "then_list", [])] == []
     # spawn-started workers (macOS, Windows) receive the dataset pickled
     clone = pickle.loads(pickle.dumps(augmented))
     assert all(np.array_equal(a, b) for a, b in zip(clone[1], augmented[1]))

@@ -284,3 +284,23 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     assert code == 3 and "loss became" in err
     assert open(last_path(ckpt), "rb").read() == before
     json.loads(open(str(last_path(ckpt)) + ".json").read())
+
+
+def test_geometry_flag_reaches_the_training_set(tmp_path, demo, monkeypatch):
+    import unet.train
+    seen = []
+
+    class Recording(unet.train.SegmentationDataset):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("geometry"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(unet.train, "SegmentationDataset", Recording)
+    code, _ = run(["--num-epochs", "1", "--epoch-size", "4", "--geometry", "lossless"],
+                  tmp_path, demo)
+    assert code == 0 and seen == ["lossless"]
+    with pytest.raises(ValueError, match="geometry"):
+        segmenter.TrainConfig(geometry="warp")
+    with pytest.raises(SystemExit) as bad:
+        segmenter.build_parser().parse_args(["--geometry", "warp"])
+    assert bad.value.code == 2

@@ -4,6 +4,8 @@ The pipeline (:func:`build_augmenter`) is an imgaug ``Sequential``::
 
     MirrorPadToSize(S) -> CropToFixedSize(S) -> flips, Rot90 -> Affine -> ElasticGrid -> Intensity
 
+(``geometry='affine'`` leaves out ElasticGrid, ``'lossless'`` also Affine.)
+
 It crops first so that the cost does not grow with the image size; the later warps fill the crop's
 borders by reflection. Masks ride along as ``SegmentationMapsOnImage`` (nearest neighbour, never
 interpolated labels), weight maps as ``HeatmapsOnImage`` (linear); see :func:`augment`.
@@ -172,15 +174,22 @@ class Intensity(iaa.meta.Augmenter):
         return [self.brightness, self.contrast, self.gamma]
 
 
-def build_augmenter(crop_size, elastic=True):
+GEOMETRIES = ("elastic", "affine", "lossless")
+
+
+def build_augmenter(crop_size, geometry="elastic"):
     """The training augmenter: same geometry for image, mask and weight map.
 
     Parameters
     ----------
     crop_size : int
         Side ``S`` of the square output; smaller images are mirror-padded first.
-    elastic : bool, default True
-        Include the paper's :class:`ElasticGrid` (grid 3, sigma 10 px), on half the samples.
+    geometry : {'elastic', 'affine', 'lossless'}, default 'elastic'
+        ``'lossless'``: random crop, flips and 90-degree turns only, which move pixels without
+        resampling them, so a mask's boundaries stay exactly where the image's are.
+        ``'affine'`` adds a rotation by up to 10 degrees and a scale of 0.9-1.1 on half the
+        samples; ``'elastic'`` also the paper's :class:`ElasticGrid` (grid 3, sigma 10 px) on half
+        the samples. Both resample: the image linearly, the mask by nearest neighbour.
 
     Returns
     -------
@@ -189,13 +198,17 @@ def build_augmenter(crop_size, elastic=True):
     """
     if int(crop_size) < 1:
         raise ValueError(f"crop_size must be >= 1, got {crop_size}")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
     affine = iaa.Affine(rotate=(-10, 10), scale=(0.9, 1.1), order=1, mode="reflect")
     affine._mode_segmentation_maps = "reflect"  # see the module docstring
     affine._mode_heatmaps = "reflect"
     affine._order_heatmaps = 1  # cubic would overshoot the weights
     steps = [MirrorPadToSize(crop_size), iaa.CropToFixedSize(crop_size, crop_size),
-             iaa.Fliplr(0.5), iaa.Flipud(0.5), iaa.Rot90((0, 3)), iaa.Sometimes(0.5, affine)]
-    if elastic:
+             iaa.Fliplr(0.5), iaa.Flipud(0.5), iaa.Rot90((0, 3))]
+    if geometry in ("affine", "elastic"):
+        steps.append(iaa.Sometimes(0.5, affine))
+    if geometry == "elastic":
         steps.append(iaa.Sometimes(0.5, ElasticGrid(grid=3, sigma=10.0)))
     steps.append(Intensity())
     return iaa.Sequential(steps)

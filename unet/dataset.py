@@ -41,6 +41,8 @@ class SegmentationDataset(gluon.data.Dataset):
     augment : bool, default True
         :func:`unet.augment.build_augmenter` (random crop, flips, affine, elastic, intensity);
         False takes the central crop.
+    geometry : {'elastic', 'affine', 'lossless'}, default 'elastic'
+        The augmenter's geometric warps (:func:`unet.augment.build_augmenter`).
     seed : int, default 0
         With the epoch (:meth:`set_epoch`) and the index, seeds each sample's augmentation.
     weight_map : bool, default False
@@ -55,14 +57,14 @@ class SegmentationDataset(gluon.data.Dataset):
     """
 
     def __init__(self, samples, info, crop_size, augment=True, seed=0, weight_map=False,
-                 w0=10.0, sigma=5.0):
+                 w0=10.0, sigma=5.0, geometry="elastic"):
         if int(crop_size) < 1:
             raise ValueError(f"crop_size must be >= 1, got {crop_size!r}")
         if any(s.mask_path is None for s in samples):
             raise ValueError("every training sample needs a mask_path")
         self.samples, self.info, self.crop_size = list(samples), info, int(crop_size)
         self.seed, self.epoch = int(seed), 0
-        self.augmenter = build_augmenter(self.crop_size) if augment else None
+        self.augmenter = build_augmenter(self.crop_size, geometry) if augment else None
         self.weights = {}
         if weight_map:
             start = time.perf_counter()

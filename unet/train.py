@@ -237,7 +237,8 @@ class _Run:
         repeated = [samples[i % len(samples)] for i in range(epoch_size)]
         return SegmentationDataset(repeated, self.info, self.model_cfg.image_size,
                                    augment=cfg.augment, seed=cfg.seed + 1000 * self.rank,
-                                   weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma)
+                                   weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma,
+                                   geometry=cfg.geometry)
 
     def _base_meta(self):
         cfg, info = self.cfg, self.info

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from .config import ModelConfig
+from .augment import GEOMETRIES
 from .losses import LOSSES
 
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
@@ -15,9 +16,9 @@ class TrainConfig:
     """Everything a training run needs besides the data itself.
 
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
-    Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on, 2 loader
-    workers, fp32, no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch
-    starts that would be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3
+    Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on (geometry
+    'elastic'), 2 loader workers, fp32, no recomputation, the CPU, no time limit (``time_limit``
+    in minutes: no epoch starts that would be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3
     convolutions on the compiled Winograd kernel (:mod:`unet.winograd`) where it is available.
     """
 
@@ -46,6 +47,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     augment: bool = True
+    geometry: str = "elastic"
     num_workers: int = 2
     amp: str = "fp32"
     fast_norm: bool = False
@@ -81,6 +83,7 @@ class TrainConfig:
              f"class-weights needs {self.model.num_classes} non-negative values", self.class_weights),
             (self.w0 >= 0 and self.sigma > 0, "weight map needs w0 >= 0 and sigma > 0",
              (self.w0, self.sigma)),
+            (self.geometry in GEOMETRIES, f"geometry must be one of {GEOMETRIES}", self.geometry),
             (self.num_workers >= 0, "num-workers must be >= 0", self.num_workers),
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}", self.amp),
             (self.amp != "fp16" or self.gpu_ids, "amp fp16 needs a GPU (--gpu-id); use bf16 on "
