@@ -2,8 +2,8 @@
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from .config import ModelConfig
 from .augment import GEOMETRIES
+from .config import ModelConfig
 from .losses import LOSSES
 
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
