@@ -11,7 +11,7 @@ from unet.augment import GEOMETRIES
 from unet.cli import OneLineParser, float_list, int_list, run_guarded, setup_logging
 from unet.config import NORMS, UPSAMPLE_MODES, ModelConfig
 from unet.losses import LOSSES
-from unet.train_config import AMP_MODES, KVSTORES, OPTIMIZERS, TrainConfig
+from unet.train_config import AMP_MODES, KVSTORES, LR_SCHEDULES, OPTIMIZERS, TrainConfig
 
 
 def build_parser():
@@ -64,6 +64,11 @@ def build_parser():
                    help="learning-rate factor at each --lr-decay-epoch (default 0.1)")
     t.add_argument("--lr-decay-epoch", type=int_list, default=(),
                    help="comma list of epochs at which to decay, e.g. '5,10,15' (default none)")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
+                   help="step: multiply by --lr-decay at each --lr-decay-epoch (default; the "
+                        "reference's); cosine: anneal from --learning-rate towards 0 over "
+                        "--num-epochs (half a cosine, per epoch; with --time-limit, set "
+                        "--num-epochs to the epochs that fit)")
     t.add_argument("--batch-size", type=int, default=2, help="(default 2)")
     t.add_argument("--num-epochs", type=int, default=50, help="(default 50)")
     t.add_argument("--loss", choices=LOSSES, default="ce",
@@ -146,7 +151,7 @@ def train_config(args):
         data_dir=args.data_dir, checkpoint_file=args.checkpoint_file, checkpoint=args.checkpoint,
         log_dir=args.log_dir, optimizer=args.optimizer, learning_rate=args.learning_rate,
         momentum=args.momentum, weight_decay=args.wd, lr_decay=args.lr_decay,
-        lr_decay_epoch=args.lr_decay_epoch, batch_size=args.batch_size,
+        lr_decay_epoch=args.lr_decay_epoch, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
         num_epochs=args.num_epochs, epoch_size=args.epoch_size, seed=args.seed,
         gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,

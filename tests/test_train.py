@@ -304,3 +304,22 @@ def test_geometry_flag_reaches_the_training_set(tmp_path, demo, monkeypatch):
     with pytest.raises(SystemExit) as bad:
         segmenter.build_parser().parse_args(["--geometry", "warp"])
     assert bad.value.code == 2
+
+
+def test_cosine_schedule_anneals_over_the_epochs(tmp_path, demo, capsys):
+    cfg = segmenter.TrainConfig(learning_rate=0.01, num_epochs=4, lr_schedule="cosine")
+    rates = [cfg.learning_rate_at(e) for e in range(4)]
+    assert rates == pytest.approx([0.01, 0.01 * (1 + 2 ** -0.5) / 2, 0.005,
+                                   0.01 * (1 - 2 ** -0.5) / 2])
+    step = segmenter.TrainConfig(learning_rate=0.01, num_epochs=4, lr_decay=0.5,
+                                 lr_decay_epoch=(1, 3))
+    assert [step.learning_rate_at(e) for e in range(4)] == pytest.approx(
+        [0.01, 0.005, 0.005, 0.0025])
+    # The flag reaches the trainer: the last checkpoint records the rate of its epoch.
+    code, ckpt = run(["--num-epochs", "2", "--epoch-size", "4", "--lr-schedule", "cosine"],
+                     tmp_path, demo)
+    assert code == 0 and read_meta(last_path(ckpt))["learning_rate"] == pytest.approx(5e-4)
+    # Decay epochs belong to the step schedule: asking for both is bad input, not a silent pick.
+    code, _ = run(["--num-epochs", "2", "--lr-schedule", "cosine", "--lr-decay-epoch", "1"],
+                  tmp_path / "both", demo)
+    assert code == 2 and "lr-decay-epoch is for --lr-schedule step" in capsys.readouterr().err

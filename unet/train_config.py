@@ -1,4 +1,5 @@
 """Training configuration: command line -> :class:`TrainConfig` -> :func:`unet.train.train`."""
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -8,6 +9,7 @@ from .losses import LOSSES
 
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
 AMP_MODES = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine")
 KVSTORES = ("device", "local", "dist_sync", "dist_async", "dist_sync_device")
 
 
@@ -16,10 +18,11 @@ class TrainConfig:
     """Everything a training run needs besides the data itself.
 
     ``model.in_channels`` is replaced by the data's channel count unless ``channels`` is given.
-    Defaults: Adam at 1e-3, batch 2, 50 epochs, softmax cross-entropy, augmentation on (geometry
-    'elastic'), 2 loader workers, fp32, no recomputation, the CPU, no time limit (``time_limit``
-    in minutes: no epoch starts that would be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3
-    convolutions on the compiled Winograd kernel (:mod:`unet.winograd`) where it is available.
+    Defaults: Adam at 1e-3 (no decay: ``lr_schedule`` 'step' with no ``lr_decay_epoch``), batch 2,
+    50 epochs, softmax cross-entropy, augmentation on (geometry 'elastic'), 2 loader workers, fp32,
+    no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that would
+    be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3 convolutions on the
+    compiled Winograd kernel (:mod:`unet.winograd`) where it is available.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -34,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_decay: float = 0.1
     lr_decay_epoch: Tuple[int, ...] = ()
+    lr_schedule: str = "step"
     batch_size: int = 2
     num_epochs: int = 50
     epoch_size: Optional[int] = None
@@ -71,6 +75,10 @@ class TrainConfig:
             (0 < self.lr_decay <= 1, "lr-decay must be in (0, 1]", self.lr_decay),
             (all(e > 0 for e in self.lr_decay_epoch), "lr-decay-epoch must be positive epochs",
              self.lr_decay_epoch),
+            (self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {LR_SCHEDULES}",
+             self.lr_schedule),
+            (self.lr_schedule == "step" or not self.lr_decay_epoch, "lr-decay-epoch is for "
+             "--lr-schedule step; the cosine schedule has no decay epochs", self.lr_decay_epoch),
             (self.batch_size >= 1, "batch-size must be >= 1", self.batch_size),
             (self.num_epochs >= 1, "num-epochs must be >= 1", self.num_epochs),
             (self.epoch_size is None or self.epoch_size >= 1, "epoch-size must be >= 1",
@@ -105,7 +113,14 @@ class TrainConfig:
                 raise ValueError(f"{message}, got {value!r}")
 
     def learning_rate_at(self, epoch):
-        """Learning rate of 0-based ``epoch``: decayed once for every decay epoch <= ``epoch``."""
+        """Learning rate of 0-based ``epoch``.
+
+        'step': ``learning_rate`` times ``lr_decay`` once for every decay epoch <= ``epoch``.
+        'cosine': ``learning_rate * (1 + cos(pi * epoch / num_epochs)) / 2``, from the full rate at
+        epoch 0 towards zero after the last epoch (not the reference's; SGDR without restarts).
+        """
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * (1 + math.cos(math.pi * epoch / self.num_epochs)) / 2
         decays = sum(1 for e in self.lr_decay_epoch if e <= epoch)
         return self.learning_rate * self.lr_decay ** decays
 
