@@ -80,6 +80,12 @@ def build_parser():
     t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight (default 10)")
     t.add_argument("--sigma", type=float, default=5.0,
                    help="weight-map border width in pixels (default 5)")
+    t.add_argument("--boundary-weight", type=float, default=0.0,
+                   help="extra loss weight on the pixels at every class boundary, on both "
+                        "sides, falling off over --boundary-sigma pixels; added to the weights "
+                        "(ones, or the --weight-map) (not the reference's; default 0: off)")
+    t.add_argument("--boundary-sigma", type=float, default=2.0,
+                   help="width of the boundary band in pixels (default 2)")
     t.add_argument("--amp", choices=AMP_MODES, default="fp32",
                    help="mixed precision, float32 master weights: bf16 on CPUs with "
                         "avx512_bf16 (no loss scaling; the convolutions then run in bfloat16 on "
@@ -155,7 +161,8 @@ def train_config(args):
         batch_size=args.batch_size, num_epochs=args.num_epochs, epoch_size=args.epoch_size,
         seed=args.seed, gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
-        w0=args.w0, sigma=args.sigma, augment=not args.no_augment,
+        w0=args.w0, sigma=args.sigma, boundary_weight=args.boundary_weight,
+        boundary_sigma=args.boundary_sigma, augment=not args.no_augment,
         geometry=args.geometry,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
         winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,

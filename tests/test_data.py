@@ -13,6 +13,7 @@ from unet.dataset import (EpochLoader, SegmentationDataset, epoch_order, sample_
                           stack_numpy)
 from unet.errors import InputError
 from unet.masks import MaskEncoding
+from unet.weightmap import boundary_band_weights
 
 ISBI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isbi2012")
 
@@ -197,6 +198,22 @@ def test_dataset_items_with_and_without_augmentation(tmp_path):
     # spawn-started workers (macOS, Windows) receive the dataset pickled
     clone = pickle.loads(pickle.dumps(augmented))
     assert all(np.array_equal(a, b) for a, b in zip(clone[1], augmented[1]))
+
+
+def test_dataset_adds_the_boundary_band_to_the_weights(tmp_path):
+    root = make_dataset(tmp_path, train=2, validate=1, size=(32, 32))
+    info = dataset_info(root)
+
+    def weights(**kwargs):
+        return SegmentationDataset(info.train, info, 32, augment=False, **kwargs)[0][2]
+
+    classes = info.encoding.decode(cv2.imread(info.train[0].mask_path, 0))
+    band = boundary_band_weights(classes, 3.0, 1.5)
+    assert band.max() == pytest.approx(3.0)
+    np.testing.assert_allclose(weights(boundary_weight=3.0, boundary_sigma=1.5), 1.0 + band)
+    np.testing.assert_allclose(weights(boundary_weight=3.0, boundary_sigma=1.5, weight_map=True),
+                               weights(weight_map=True) + band)
+    np.testing.assert_array_equal(weights(boundary_weight=0.0), 1.0)
 
 
 def batches_digest(batches):

@@ -323,3 +323,14 @@ def test_cosine_schedule_anneals_over_the_epochs(tmp_path, demo, capsys):
     code, _ = run(["--num-epochs", "2", "--lr-schedule", "cosine", "--lr-decay-epoch", "1"],
                   tmp_path / "both", demo)
     assert code == 2 and "lr-decay-epoch is for --lr-schedule step" in capsys.readouterr().err
+
+
+def test_boundary_band_flag_reaches_the_training_set(tmp_path, demo, caplog, capsys):
+    caplog.set_level("INFO", logger="unet.dataset")
+    code, ckpt = run(["--num-epochs", "1", "--epoch-size", "4", "--boundary-weight", "3",
+                      "--boundary-sigma", "1.5"], tmp_path, demo)
+    assert code == 0
+    assert "boundary band 3, sigma 1.5" in caplog.text
+    assert read_meta(last_path(ckpt))["training"]["boundary_weight"] == 3.0
+    code, _ = run(["--boundary-weight", "-1"], tmp_path / "bad", demo)
+    assert code == 2 and "boundary-weight >= 0" in capsys.readouterr().err

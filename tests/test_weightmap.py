@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet.weightmap import border_weight_map, class_balance_weights
+from unet.weightmap import border_weight_map, boundary_band_weights, class_balance_weights
 
 ISBI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isbi2012")
 
@@ -73,6 +73,38 @@ def test_single_cell_or_empty_has_no_border_term():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         border_weight_map(**kwargs)
+
+
+def test_boundary_band_is_the_same_on_both_sides_of_a_boundary():
+    classes = np.zeros((8, 12), np.int32)
+    classes[:, 6:] = 1                                      # a vertical boundary between 5 and 6
+    band = boundary_band_weights(classes, weight=4.0, sigma=2.0)
+    assert band.dtype == np.float32 and band.shape == classes.shape
+    expected = 4.0 * np.exp(-(np.array([5, 4, 3, 2, 1, 0, 0, 1, 2, 3, 4, 5.0]) ** 2) / 8)
+    np.testing.assert_allclose(band, np.broadcast_to(expected, band.shape), rtol=1e-6)
+    np.testing.assert_array_equal(boundary_band_weights(np.ones((5, 5), np.int32)), 0.0)
+    np.testing.assert_array_equal(boundary_band_weights(classes, weight=0.0), 0.0)
+
+
+def test_boundary_band_matches_brute_force_with_three_classes():
+    rng = np.random.default_rng(4)
+    classes = (ndimage.gaussian_filter(rng.random((30, 40)), 2.0) * 3000).astype(np.int32) % 3
+    assert len(np.unique(classes)) == 3
+    rows, cols = np.indices(classes.shape)
+    expected = np.empty(classes.shape)
+    for r, c in np.ndindex(classes.shape):
+        other = classes != classes[r, c]
+        d = np.sqrt((rows[other] - r) ** 2 + (cols[other] - c) ** 2).min()
+        expected[r, c] = 2.5 * np.exp(-(d - 1) ** 2 / (2 * 1.5 ** 2))
+    np.testing.assert_allclose(boundary_band_weights(classes, 2.5, 1.5), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(classes=np.zeros((4, 4), np.float32)),
+                                    dict(classes=np.zeros((4, 4), np.int32), sigma=0),
+                                    dict(classes=np.zeros((4, 4), np.int32), weight=-1)])
+def test_boundary_band_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        boundary_band_weights(**kwargs)
 
 
 def test_isbi_mask_speed():

@@ -15,7 +15,7 @@ from .augment import augment as augment_sample
 from .augment import build_augmenter, center_crop
 from .data import match_channels
 from .imageio import display_path, read_image, read_mask
-from .weightmap import border_weight_map
+from .weightmap import border_weight_map, boundary_band_weights
 from .workers import BatchWorkers
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,18 @@ class SegmentationDataset(gluon.data.Dataset):
     w0 : float, default 10.0
     sigma : float, default 5.0
         Weight map parameters.
+    boundary_weight : float, default 0.0
+    boundary_sigma : float, default 2.0
+        With ``boundary_weight > 0``, :func:`unet.weightmap.boundary_band_weights` is added to
+        the weights (ones, or the border weight map), once per mask as the weight map.
 
     Items are numpy arrays: ``image`` float32 ``(C, S, S)`` normalized, ``label`` float32
     ``(S, S)`` class indices, ``weight`` float32 ``(S, S)``.
     """
 
     def __init__(self, samples, info, crop_size, augment=True, seed=0, weight_map=False,
-                 w0=10.0, sigma=5.0, geometry="elastic"):
+                 w0=10.0, sigma=5.0, geometry="elastic", boundary_weight=0.0,
+                 boundary_sigma=2.0):
         if int(crop_size) < 1:
             raise ValueError(f"crop_size must be >= 1, got {crop_size!r}")
         if any(s.mask_path is None for s in samples):
@@ -66,14 +71,20 @@ class SegmentationDataset(gluon.data.Dataset):
         self.seed, self.epoch = int(seed), 0
         self.augmenter = build_augmenter(self.crop_size, geometry) if augment else None
         self.weights = {}
-        if weight_map:
+        if weight_map or boundary_weight > 0:
             start = time.perf_counter()
             for sample in self.samples:
                 if sample.mask_path not in self.weights:
                     classes = self._classes(sample)
-                    self.weights[sample.mask_path] = border_weight_map(classes, w0, sigma)
-            log.info("computed %d weight maps (w0=%g, sigma=%g) in %.1f s", len(self.weights),
-                     w0, sigma, time.perf_counter() - start)
+                    weights = (border_weight_map(classes, w0, sigma) if weight_map
+                               else np.ones(classes.shape, np.float32))
+                    if boundary_weight > 0:
+                        weights += boundary_band_weights(classes, boundary_weight,
+                                                         boundary_sigma)
+                    self.weights[sample.mask_path] = weights
+            log.info("computed %d weight maps (border map %s, w0=%g, sigma=%g; boundary band "
+                     "%g, sigma %g) in %.1f s", len(self.weights), "on" if weight_map else "off",
+                     w0, sigma, boundary_weight, boundary_sigma, time.perf_counter() - start)
 
     def set_epoch(self, epoch):
         """Select the epoch that ``dataset[i]`` augments for (the loader passes its own)."""

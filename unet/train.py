@@ -238,7 +238,8 @@ class _Run:
         return SegmentationDataset(repeated, self.info, self.model_cfg.image_size,
                                    augment=cfg.augment, seed=cfg.seed + 1000 * self.rank,
                                    weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma,
-                                   geometry=cfg.geometry)
+                                   geometry=cfg.geometry, boundary_weight=cfg.boundary_weight,
+                                   boundary_sigma=cfg.boundary_sigma)
 
     def _base_meta(self):
         cfg, info = self.cfg, self.info

@@ -50,6 +50,8 @@ class TrainConfig:
     weight_map: bool = False
     w0: float = 10.0
     sigma: float = 5.0
+    boundary_weight: float = 0.0
+    boundary_sigma: float = 2.0
     augment: bool = True
     geometry: str = "elastic"
     num_workers: int = 2
@@ -91,6 +93,9 @@ class TrainConfig:
              f"class-weights needs {self.model.num_classes} non-negative values", self.class_weights),
             (self.w0 >= 0 and self.sigma > 0, "weight map needs w0 >= 0 and sigma > 0",
              (self.w0, self.sigma)),
+            (self.boundary_weight >= 0 and self.boundary_sigma > 0, "boundary band needs "
+             "boundary-weight >= 0 and boundary-sigma > 0",
+             (self.boundary_weight, self.boundary_sigma)),
             (self.geometry in GEOMETRIES, f"geometry must be one of {GEOMETRIES}", self.geometry),
             (self.num_workers >= 0, "num-workers must be >= 0", self.num_workers),
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}", self.amp),
