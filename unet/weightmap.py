@@ -113,9 +113,10 @@ def boundary_band_weights(classes, weight=5.0, sigma=2.0):
         b(x) = weight * exp(-(d(x) - 1)^2 / (2 sigma^2))
 
     ``d`` is the distance from a pixel to the nearest pixel of another class, so the pixels
-    touching a boundary, on either side, get ``weight``. Unlike the paper's map the term is the
-    same for both classes at the same distance: it spends the loss on where a boundary lies
-    without pushing predictions towards either class.
+    touching a boundary, on either side, get ``weight``. Unlike the paper's map the term depends
+    on the distance alone, the same for both classes: it spends the loss on where a boundary lies.
+    A thin class still gains weight overall, since all its pixels lie near a boundary (on an
+    ISBI mask with ``weight=5, sigma=2``, membrane pixels average 1 + 3.9, cell pixels 1 + 1.1).
 
     Parameters
     ----------
