@@ -60,6 +60,19 @@ def _two_nearest_cell_distances(cells, cutoff):
     return d1, d2
 
 
+def _checked(classes, sigma, **height):
+    """``classes`` as an integer ``(H, W)`` array; ValueError unless it is one, ``sigma > 0`` and
+    the one named height (``w0`` or ``weight``) is ``>= 0``."""
+    classes = np.asarray(classes)
+    if classes.ndim != 2 or not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError(f"classes must be an integer (H, W) array, got {classes.dtype} "
+                         f"{classes.shape}")
+    (name, value), = height.items()
+    if value < 0 or sigma <= 0:
+        raise ValueError(f"need {name} >= 0 and sigma > 0, got {name}={value}, sigma={sigma}")
+    return classes
+
+
 def border_weight_map(classes, w0=10.0, sigma=5.0, class_weights=None):
     """Weight map of the U-Net paper for one mask.
 
@@ -80,12 +93,7 @@ def border_weight_map(classes, w0=10.0, sigma=5.0, class_weights=None):
         float32 ``(H, W)``: ``w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` on background pixels
         between at least two cells, ``w_c`` elsewhere.
     """
-    classes = np.asarray(classes)
-    if classes.ndim != 2 or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"classes must be an integer (H, W) array, got {classes.dtype} "
-                         f"{classes.shape}")
-    if w0 < 0 or sigma <= 0:
-        raise ValueError(f"need w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
+    classes = _checked(classes, w0=w0, sigma=sigma)
     if class_weights is None:
         weights = class_balance_weights(classes)
     else:
@@ -133,12 +141,7 @@ def boundary_band_weights(classes, weight=5.0, sigma=2.0):
         float32 ``(H, W)``, zeros where the mask has a single class. Add it to a base weight map
         (ones, or :func:`border_weight_map`).
     """
-    classes = np.asarray(classes)
-    if classes.ndim != 2 or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"classes must be an integer (H, W) array, got {classes.dtype} "
-                         f"{classes.shape}")
-    if weight < 0 or sigma <= 0:
-        raise ValueError(f"need weight >= 0 and sigma > 0, got weight={weight}, sigma={sigma}")
+    classes = _checked(classes, weight=weight, sigma=sigma)
     values = np.unique(classes)
     if weight == 0 or len(values) < 2:
         return np.zeros(classes.shape, np.float32)
