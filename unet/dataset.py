@@ -82,9 +82,13 @@ class SegmentationDataset(gluon.data.Dataset):
                         weights += boundary_band_weights(classes, boundary_weight,
                                                          boundary_sigma)
                     self.weights[sample.mask_path] = weights
-            log.info("computed %d weight maps (border map %s, w0=%g, sigma=%g; boundary band "
-                     "%g, sigma %g) in %.1f s", len(self.weights), "on" if weight_map else "off",
-                     w0, sigma, boundary_weight, boundary_sigma, time.perf_counter() - start)
+            parts = []
+            if weight_map:
+                parts.append(f"border map w0={w0:g}, sigma={sigma:g}")
+            if boundary_weight > 0:
+                parts.append(f"boundary band {boundary_weight:g}, sigma {boundary_sigma:g}")
+            log.info("computed %d weight maps (%s) in %.1f s", len(self.weights),
+                     "; ".join(parts), time.perf_counter() - start)
 
     def set_epoch(self, epoch):
         """Select the epoch that ``dataset[i]`` augments for (the loader passes its own)."""
