@@ -86,6 +86,13 @@ def build_parser():
                         "(ones, or the --weight-map) (not the reference's; default 0: off)")
     t.add_argument("--boundary-sigma", type=float, default=2.0,
                    help="width of the boundary band in pixels (default 2)")
+    t.add_argument("--distance-weight", type=float, default=0.0,
+                   help="add this times a regression of the score margin (class 1 minus class "
+                        "0) on the signed distance to the class boundary, +d pixels inside class "
+                        "1, -d inside class 0 (Huber loss; two classes only) (not the "
+                        "reference's; default 0: off)")
+    t.add_argument("--distance-clip", type=int, default=8,
+                   help="the distance target's ceiling in pixels (default 8)")
     t.add_argument("--amp", choices=AMP_MODES, default="fp32",
                    help="mixed precision, float32 master weights: bf16 on CPUs with "
                         "avx512_bf16 (no loss scaling; the convolutions then run in bfloat16 on "
@@ -162,7 +169,8 @@ def train_config(args):
         seed=args.seed, gpu_ids=args.gpu_id, cpu_contexts=args.cpu_contexts, kvstore=args.kvstore,
         loss=args.loss, class_weights=args.class_weights, weight_map=args.weight_map,
         w0=args.w0, sigma=args.sigma, boundary_weight=args.boundary_weight,
-        boundary_sigma=args.boundary_sigma, augment=not args.no_augment,
+        boundary_sigma=args.boundary_sigma, distance_weight=args.distance_weight,
+        distance_clip=args.distance_clip, augment=not args.no_augment,
         geometry=args.geometry,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
         winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,

@@ -3,7 +3,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from unet.losses import SegmentationLoss
+from unet.losses import SegmentationLoss, signed_boundary_distance
 
 
 def batch(num_classes=3, n=2, h=8, w=12, seed=0):
@@ -114,4 +114,79 @@ def test_gradient_flows_to_scores():
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError) as info:
         SegmentationLoss(**kwargs)
+    assert name in str(info.value)
+
+
+def blobs(n=2, h=40, w=37, seed=0):
+    """Binary labels ``(n, h, w)`` of smooth random blobs, touching the borders."""
+    from scipy import ndimage
+    rng = np.random.RandomState(seed)
+    return (ndimage.gaussian_filter(rng.random_sample((n, h, w)), 3) > 0.5).astype(np.float32)
+
+
+def numpy_signed_distance(label, clip):
+    from scipy import ndimage
+    result = np.zeros_like(label)
+    for i, image in enumerate(label):
+        for cls in (0, 1):
+            inside = image == cls
+            distance = ndimage.distance_transform_cdt(inside, metric="chessboard")
+            result[i][inside] = (2 * cls - 1) * np.minimum(distance, clip)[inside]
+    return result
+
+
+@pytest.mark.parametrize("clip", [1, 3, 8])
+def test_signed_boundary_distance_equals_scipy(clip):
+    label = blobs()
+    got = signed_boundary_distance(mx.nd, mx.nd.array(label), clip).asnumpy()
+    assert got.shape == (2, 1, 40, 37)
+    expected = numpy_signed_distance(label, clip)
+    assert np.abs(expected).max() == clip
+    np.testing.assert_array_equal(got[:, 0], expected)
+
+
+def test_signed_boundary_distance_of_one_class_is_the_clip():
+    for value, sign in ((1.0, 1), (0.0, -1)):
+        label = mx.nd.full((1, 6, 5), value)
+        got = signed_boundary_distance(mx.nd, label, 4).asnumpy()
+        np.testing.assert_array_equal(got, np.full((1, 1, 6, 5), 4.0 * sign))
+
+
+def numpy_huber(x):
+    return np.where(np.abs(x) < 1, 0.5 * x ** 2, np.abs(x) - 0.5)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_distance_term_is_the_weighted_huber_loss_of_the_margin(hybridize):
+    label = blobs()
+    rng = np.random.RandomState(1)
+    scores = rng.normal(0, 3, (2, 2, 40, 37)).astype(np.float32)
+    weight = np.ones_like(label)
+    loss = SegmentationLoss("ce", 2, distance_weight=0.5, distance_clip=5)
+    if hybridize:
+        loss.hybridize()
+    got = loss_of(loss, scores, label, weight)
+    margin = scores[:, 1] - scores[:, 0]
+    huber = numpy_huber(margin - numpy_signed_distance(label, 5)).reshape(2, -1).mean(axis=1)
+    np.testing.assert_allclose(got, numpy_ce(scores, label, weight) + 0.5 * huber, rtol=1e-5)
+
+
+def test_distance_term_vanishes_where_the_margin_is_the_distance():
+    label = blobs()
+    target = numpy_signed_distance(label, 8)
+    scores = np.stack([np.zeros_like(target), target], axis=1)
+    weight = np.ones_like(label)
+    with_term = loss_of(SegmentationLoss("ce", 2, distance_weight=2.0), scores, label, weight)
+    np.testing.assert_allclose(with_term, numpy_ce(scores, label, weight), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"num_classes": 3, "distance_weight": 1.0}, "two classes"),
+    ({"distance_weight": -1.0}, "-1.0"),
+    ({"distance_weight": 1.0, "distance_clip": 0}, "positive integer"),
+    ({"distance_weight": 1.0, "distance_clip": 2.5}, "2.5"),
+])
+def test_bad_distance_arguments(kwargs, name):
+    with pytest.raises(ValueError) as info:
+        SegmentationLoss("ce", **kwargs)
     assert name in str(info.value)

@@ -334,3 +334,15 @@ def test_boundary_band_flag_reaches_the_training_set(tmp_path, demo, caplog, cap
     assert read_meta(last_path(ckpt))["training"]["boundary_weight"] == 3.0
     code, _ = run(["--boundary-weight", "-1"], tmp_path / "bad", demo)
     assert code == 2 and "boundary-weight >= 0" in capsys.readouterr().err
+
+
+def test_distance_flags_reach_the_loss(tmp_path, demo, caplog, capsys):
+    caplog.set_level("INFO", logger="unet.train")
+    code, ckpt = run(["--num-epochs", "1", "--epoch-size", "4", "--distance-weight", "0.5",
+                      "--distance-clip", "3"], tmp_path, demo)
+    assert code == 0
+    assert "ce + 0.5 x the Huber loss" in caplog.text and "clipped at 3 px" in caplog.text
+    training = read_meta(last_path(ckpt))["training"]
+    assert (training["distance_weight"], training["distance_clip"]) == (0.5, 3)
+    code, _ = run(["--distance-weight", "1", "--num-classes", "3"], tmp_path / "bad", demo)
+    assert code == 2 and "two classes" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Losses for dense classification: weighted softmax cross-entropy, soft Dice, and their sum.
+"""Losses for dense classification: weighted softmax cross-entropy, soft Dice, and their sum,
+optionally plus a regression of the score margin on the distance to the class boundary.
 
 All take class scores ``(N, K, H, W)``, integer labels ``(N, H, W)`` stored as floats and a
 per-pixel weight map ``(N, H, W)`` (ones when unused), and return a per-sample loss ``(N,)``.
@@ -21,9 +22,18 @@ class SegmentationLoss(Loss):
         with the per-pixel weight map (the paper's border weights) by multiplication.
     smooth : float, default 1.0
         Added to numerator and denominator of the Dice ratio.
+    distance_weight : float, default 0.0
+        Weight of the distance term (two classes only; 0: none): the Huber loss (delta 1) between
+        the score margin ``scores[:, 1] - scores[:, 0]`` and the signed distance to the other
+        class, ``+d`` on class 1 and ``-d`` on class 0, so that the margin grows by one per
+        pixel away from the boundary and crosses zero on it. Not the reference's.
+    distance_clip : int, default 8
+        ``d`` is the chessboard distance in pixels to the nearest pixel of the other class
+        (1 next to it), clipped at this value (:func:`signed_boundary_distance`).
     """
 
-    def __init__(self, kind="ce", num_classes=2, class_weights=None, smooth=1.0, **kwargs):
+    def __init__(self, kind="ce", num_classes=2, class_weights=None, smooth=1.0,
+                 distance_weight=0.0, distance_clip=8, **kwargs):
         super().__init__(weight=None, batch_axis=0, **kwargs)
         if kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
@@ -33,6 +43,9 @@ class SegmentationLoss(Loss):
         self.num_classes = num_classes
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.smooth = smooth
+        check_distance_term(distance_weight, distance_clip, num_classes)
+        self.distance_weight = float(distance_weight)
+        self.distance_clip = int(distance_clip)
 
     def hybrid_forward(self, F, scores, label, pixel_weight):
         loss = 0
@@ -40,7 +53,15 @@ class SegmentationLoss(Loss):
             loss = loss + self._cross_entropy(F, scores, label, pixel_weight)
         if self.kind in ("dice", "ce+dice"):
             loss = loss + self._dice(F, scores, label)
+        if self.distance_weight > 0:
+            loss = loss + self.distance_weight * self._distance(F, scores, label)
         return loss
+
+    def _distance(self, F, scores, label):
+        margin = F.slice_axis(scores, axis=1, begin=1, end=2) \
+            - F.slice_axis(scores, axis=1, begin=0, end=1)              # (N, 1, H, W)
+        target = signed_boundary_distance(F, label, self.distance_clip)  # (N, 1, H, W)
+        return F.mean(F.smooth_l1(margin - target, scalar=1.0), axis=0, exclude=True)  # (N,)
 
     def _cross_entropy(self, F, scores, label, pixel_weight):
         logp = F.log_softmax(scores, axis=1)                            # (N, K, H, W)
@@ -66,3 +87,32 @@ class SegmentationLoss(Loss):
         inter = F.sum(fg_prob * fg_true, axis=0, exclude=True)          # (N,)
         total = F.sum(fg_prob + fg_true, axis=0, exclude=True)
         return 1.0 - (2.0 * inter + self.smooth) / (total + self.smooth)
+
+
+def check_distance_term(weight, clip, num_classes):
+    """Raise ``ValueError`` unless the distance term's settings are usable."""
+    if not weight >= 0:
+        raise ValueError(f"distance weight must be >= 0, got {weight!r}")
+    if isinstance(clip, bool) or int(clip) != clip or clip < 1:
+        raise ValueError(f"distance clip must be a positive integer, got {clip!r}")
+    if weight > 0 and num_classes != 2:
+        raise ValueError(f"the distance term needs two classes (a score margin), "
+                         f"got {num_classes}")
+
+
+def signed_boundary_distance(F, label, clip):
+    """``+d`` on class-1 pixels, ``-d`` on class-0 pixels: ``(N, H, W)`` labels -> ``(N, 1, H, W)``.
+
+    ``d`` is the chessboard distance to the nearest pixel of the other class (1 for a pixel that
+    touches one, diagonals included), clipped at ``clip``; an image of one class is ``clip``
+    everywhere. Computed in the graph by growing the labels' maximum and minimum with 3x3
+    poolings (padding is ignored), so it follows every augmentation of the mask and costs no
+    data-loader time.
+    """
+    label = F.expand_dims(F.BlockGrad(label), axis=1)
+    high, low, distance = label, label, F.ones_like(label)
+    for _ in range(int(clip) - 1):
+        high = F.Pooling(high, kernel=(3, 3), stride=(1, 1), pad=(1, 1), pool_type="max")
+        low = -F.Pooling(-low, kernel=(3, 3), stride=(1, 1), pad=(1, 1), pool_type="max")
+        distance = distance + (high == low)     # no other class within this radius yet
+    return (2 * label - 1) * distance

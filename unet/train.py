@@ -200,7 +200,13 @@ class _Run:
                 self.net(mx.nd.random.normal(shape=(1, model_cfg.in_channels, size, size),
                                              ctx=self.ctx[0]))
             sync_initial_params(self.trainer)
-        self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights)
+        self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights,
+                                        distance_weight=cfg.distance_weight,
+                                        distance_clip=cfg.distance_clip)
+        if cfg.distance_weight > 0:
+            log.info("loss: %s + %g x the Huber loss of the score margin against the signed "
+                     "distance to the boundary (clipped at %d px)", cfg.loss, cfg.distance_weight,
+                     cfg.distance_clip)
         self.loss_fn.hybridize()
         self.tb = TrainingLog(cfg.log_dir, self.state.run_name, enabled=self.is_chief)
         if self.is_chief:

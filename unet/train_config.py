@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 from .augment import GEOMETRIES
 from .config import ModelConfig
-from .losses import LOSSES
+from .losses import LOSSES, check_distance_term
 
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
 AMP_MODES = ("fp32", "bf16", "fp16")
@@ -52,6 +52,8 @@ class TrainConfig:
     sigma: float = 5.0
     boundary_weight: float = 0.0
     boundary_sigma: float = 2.0
+    distance_weight: float = 0.0
+    distance_clip: int = 8
     augment: bool = True
     geometry: str = "elastic"
     num_workers: int = 2
@@ -116,6 +118,7 @@ class TrainConfig:
         for ok, message, value in checks:
             if not ok:
                 raise ValueError(f"{message}, got {value!r}")
+        check_distance_term(self.distance_weight, self.distance_clip, self.model.num_classes)
 
     def learning_rate_at(self, epoch):
         """Learning rate of 0-based ``epoch``.
