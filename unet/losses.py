@@ -124,7 +124,8 @@ def signed_boundary_distance(F, label, clip):
 def _max_3x3(F, x):
     """The maximum over each pixel's 3x3 window, ``(N, C, H, W)`` -> same; the image's edge is
     repeated, which leaves every window's maximum as it is. Rows, then columns, from shifted
-    slices: MXNet's max pooling takes 40x longer on these one- and two-channel maps."""
+    slices: with MXNet's max pooling on these one-channel maps the term took 8x as long (100 ms
+    a training step of 2 crops of 256, against 12 ms)."""
     x = F.pad(x, mode="edge", pad_width=(0, 0, 0, 0, 1, 1, 1, 1))        # (N, C, H+2, W+2)
     x = F.maximum(F.maximum(F.slice_axis(x, axis=3, begin=0, end=-2),
                             F.slice_axis(x, axis=3, begin=1, end=-1)),
