@@ -344,8 +344,12 @@ def run_epoch(spec):
     """The last ``TIMED_EPOCHS`` epochs of one ``unet.train.train`` run of
     ``WARMUP_EPOCHS + TIMED_EPOCHS``, each from the end of the previous epoch to the end of its
     own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time per epoch of its
-    steps (with the waits for data), validation, checkpoint and histograms. The pure steps to
-    compare with are measured by the parent, in fresh processes (:func:`add_epoch_reference`)."""
+    steps (with the waits for data), validation, checkpoint and histograms; ``step_ms_by_epoch``:
+    for every epoch of the run, the median time from the start of one step's forward pass to the
+    next's (the whole step: data, forward, backward, update, loss readout, logging). The pure
+    steps to compare with are measured by the parent, in fresh processes
+    (:func:`add_epoch_reference`)."""
+    from unet import steps as step_loop
     from unet import train as training
     from unet.saver import CheckpointSaver
     from unet.tb import TrainingLog
@@ -354,9 +358,17 @@ def run_epoch(spec):
     ends, real_end_epoch = [], training._Run._end_epoch
     parts = {"steps": 0.0, "validation": 0.0, "checkpoint": 0.0, "histograms": 0.0}
 
+    step_starts = [[]]        # per epoch: when each step's forward pass began
+    real_batch_gradients = step_loop.batch_gradients
+
     def end_epoch(run, *args, **kwargs):
         real_end_epoch(run, *args, **kwargs)
         ends.append(time.perf_counter())
+        step_starts.append([])
+
+    def batch_gradients(*args, **kwargs):
+        step_starts[-1].append(time.perf_counter())
+        return real_batch_gradients(*args, **kwargs)
 
     def timed_part(owner, name, part):
         real = getattr(owner, name)
@@ -371,6 +383,7 @@ def run_epoch(spec):
         setattr(owner, name, call)
 
     training._Run._end_epoch = end_epoch
+    step_loop.batch_gradients = batch_gradients
     timed_part(training, "train_epoch", "steps")
     timed_part(training, "validate", "validation")
     timed_part(CheckpointSaver, "save", "checkpoint")
@@ -389,8 +402,12 @@ def run_epoch(spec):
     timed = ends[WARMUP_EPOCHS - 1:]
     epochs_ms = [(b - a) * 1e3 for a, b in zip(timed, timed[1:])]
     steps = max(count // spec["batch"], 1)          # the loader drops an incomplete last batch
+    # A step lasts until the next one starts; an epoch's last step until the epoch's end, after
+    # which validation and the checkpoint follow, so the last step of each epoch is left out.
+    by_epoch = [round(median([b - a for a, b in zip(t, t[1:])]) * 1e3, 1) if len(t) > 1 else None
+                for t in step_starts[:len(ends)]]
     return dict(first_ms=(ends[0] - start) * 1e3, times_ms=epochs_ms, steps=steps, images=count,
-                parts_ms=parts)
+                parts_ms=parts, step_ms_by_epoch=by_epoch)
 
 
 def epoch_reference_spec(spec):
@@ -544,7 +561,10 @@ def format_table(rows):
         elif r["task"] == "epoch":
             note = (f"epoch vs {r['steps']} pure steps of {r['reference_step_ms']:.0f} ms: "
                     f"{100 * r['overhead']:+.1f}%; per epoch "
-                    + ", ".join(f"{k} {v / 1e3:.2f} s" for k, v in r["parts_ms"].items()))
+                    + ", ".join(f"{k} {v / 1e3:.2f} s" for k, v in r["parts_ms"].items())
+                    + "; median step by epoch "
+                    + " / ".join("-" if ms is None else f"{ms:.0f}" for ms in r["step_ms_by_epoch"])
+                    + " ms")
         elif r["task"] == "data":
             note = f"{r['workers']} workers"
         elif r.get("max_prob_diff_vs_fp32"):
