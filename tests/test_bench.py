@@ -54,9 +54,11 @@ def test_data_epoch_and_tiled_rows():
         epoch["ms_median"] / epoch["pure_steps_ms"] - 1, abs=1e-3)
     assert set(epoch["parts_ms"]) == {"steps", "validation", "checkpoint", "histograms"}
     assert 0 < epoch["parts_ms"]["steps"] < epoch["ms_median"]
-    # 4 epochs of 2 steps: one interval each, between the starts of the two steps.
+    # 4 epochs of 2 steps: one interval each, between the starts of the two steps (epoch 1's
+    # includes building the graph, so it is not compared with a whole epoch).
     assert len(epoch["step_ms_by_epoch"]) == 4
-    assert all(0 < ms < epoch["ms_median"] for ms in epoch["step_ms_by_epoch"])
+    assert all(ms > 0 for ms in epoch["step_ms_by_epoch"])
+    assert all(ms < epoch["ms_median"] for ms in epoch["step_ms_by_epoch"][1:])
     assert tiled["image"] == 64 and tiled["tile"] == 32 and tiled["per_pixel_vs_single"] > 0
 
 
