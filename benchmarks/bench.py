@@ -47,6 +47,8 @@ def machine_info():
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    sys.path.insert(0, str(ROOT))
+    import unet      # as the CLIs: its defaults (threads, AMX) go to the rows' environment
     try:
         from importlib.metadata import version
         mxnet = version("mxnet")
@@ -54,7 +56,8 @@ def machine_info():
         mxnet = None
     return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
             "python": platform.python_version(), "mxnet": mxnet,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS") or _default_threads()}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS") or _default_threads(),
+            "dnnl_max_cpu_isa": os.environ.get("DNNL_MAX_CPU_ISA") or "-"}
 
 
 def _default_threads():
@@ -69,7 +72,8 @@ def _physical_cores():
 
 def machine_line(info):
     return (f"machine: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags']) or '-'}"
-            f", OMP_NUM_THREADS={info['omp_num_threads']}, Python {info['python']}"
+            f", OMP_NUM_THREADS={info['omp_num_threads']}"
+            f", DNNL_MAX_CPU_ISA={info.get('dnnl_max_cpu_isa', '-')}, Python {info['python']}"
             + (f", mxnet {info['mxnet']}" if info.get("mxnet") else ""))
 
 
@@ -444,6 +448,7 @@ def child(spec):
     """Measure one row in this (fresh) process; returns the row dict."""
     import importlib
     sys.path.insert(0, str(ROOT))
+    import unet      # noqa: F401  (before mxnet, as the CLIs: threads and AMX, unet.amx)
     import cv2
     cv2.setNumThreads(0)
     row = {k: spec[k] for k in ("task", "size", "channels", "batch")}

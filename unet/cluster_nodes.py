@@ -14,7 +14,7 @@ from .threads import user_environ
 
 SERVER_CODE = "import mxnet"
 FORWARDED_ENV = ("OMP_NUM_THREADS", "KMP_AFFINITY", "LD_LIBRARY_PATH", "DMLC_INTERFACE",
-                 "PS_VERBOSE")
+                 "PS_VERBOSE", "DNNL_MAX_CPU_ISA")
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,13 @@ def default_omp_threads(environ=os.environ):
 
 
 def user_environ():
-    """A copy of ``os.environ`` without an ``OMP_NUM_THREADS`` that this module filled in (for
-    processes that must choose their own: cluster workers, other hosts)."""
+    """A copy of ``os.environ`` without the ``OMP_NUM_THREADS`` and ``DNNL_MAX_CPU_ISA`` that
+    this package filled in (for processes that must choose their own: cluster workers, other
+    hosts)."""
+    from . import amx
     environ = dict(os.environ)
     if USER_OMP_THREADS is None:
         environ.pop("OMP_NUM_THREADS", None)
+    if amx.USER_ISA is None:
+        environ.pop(amx.ISA_VARIABLE, None)
     return environ
