@@ -48,7 +48,7 @@ def machine_info():
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     sys.path.insert(0, str(ROOT))
-    import unet      # as the CLIs: its defaults (threads, AMX) go to the rows' environment
+    from unet import amx, threads   # as the CLIs: unet's defaults (threads, AMX) reach the rows
     try:
         from importlib.metadata import version
         mxnet = version("mxnet")
@@ -56,8 +56,13 @@ def machine_info():
         mxnet = None
     return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
             "python": platform.python_version(), "mxnet": mxnet,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS") or _default_threads(),
-            "dnnl_max_cpu_isa": os.environ.get("DNNL_MAX_CPU_ISA") or "-"}
+            "omp_num_threads": threads.USER_OMP_THREADS or _default_threads(),
+            "dnnl_max_cpu_isa": amx.USER_ISA or _default_isa(amx)}
+
+
+def _default_isa(amx):
+    isa = os.environ.get(amx.ISA_VARIABLE)
+    return f"{isa} (unset: unet's default on this CPU with AMX)" if isa else "-"
 
 
 def _default_threads():

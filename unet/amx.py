@@ -9,7 +9,8 @@ is granted and the variable is unset, sets it; MXNet reads the variable when one
 so this must happen before ``import mxnet``, and the package's ``__init__`` calls it.
 
 Only ``--amp bf16`` and ``--amp int8`` change: fp32 has no AMX kernels. On a 2-core Xeon with AMX
-(README, *Speed*) a bf16 training step at 256x256 took 1.32 s with AMX and 4.22 s without.
+(README, *Speed*) a bf16 training step of the default model at 256x256 took 1.3-1.6 s with AMX
+and 4.0-4.2 s without.
 A ``DNNL_MAX_CPU_ISA`` the user set is kept (``AVX512_CORE_BF16`` turns AMX off); the permission
 is asked for whenever the CPU has AMX, so that a variable inherited from a parent process that
 set it cannot crash this one.
