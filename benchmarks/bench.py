@@ -513,9 +513,7 @@ def child_env(spec):
         env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] = "1"
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
-    elif not env.get("OMP_NUM_THREADS"):
-        # What segmenter.py and evaluate.py run with (unet.threads); the rows import mxnet first.
-        env["OMP_NUM_THREADS"] = str(_physical_cores())
+    # Otherwise the child's first import, unet, sets what segmenter.py and evaluate.py run with.
     for item in spec["env"]:
         key, _, value = item.partition("=")
         env[key] = value

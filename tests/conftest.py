@@ -6,6 +6,7 @@ forward so that every parameter has its shape, and by default gives biases, norm
 BatchNorm running statistics random values, so that tests cannot pass on all-zero or all-one
 parameters. ``make_meta(config)`` is a minimal valid ``meta`` for ``save_checkpoint``.
 """
+import unet  # noqa: F401  (before mxnet, as the CLIs: its thread and AMX defaults)
 import mxnet as mx
 import numpy as np
 import pytest

@@ -8,7 +8,8 @@ import pytest
 from unet import amx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAS_AMX = amx.AMX_FLAGS <= amx.cpu_flags()
+# AMX usable here: the CPU has it and Linux grants this process the permission.
+HAS_AMX = amx.AMX_FLAGS <= amx.cpu_flags() and amx.request_tile_permission()
 
 # A bfloat16 copy of a small convolution network, compared with its float32 original; prints
 # the largest difference relative to the largest output.
@@ -69,12 +70,21 @@ def test_a_users_isa_is_kept_but_the_permission_is_still_asked_for():
     assert not amx.enable_amx(environ, flags=amx.AMX_FLAGS, request=lambda: asked.append(1) or 1)
     assert environ == {amx.ISA_VARIABLE: "AVX512_CORE_BF16"} and asked == [1]
     # Inherited from a process that set it: this one asks too, so its AMX code cannot SIGILL.
-    environ = {amx.ISA_VARIABLE: "avx512_core_amx"}
+    environ = {amx.ISA_VARIABLE: amx.AMX_ISA}
     assert amx.enable_amx(environ, flags=amx.AMX_FLAGS, request=lambda: True)
+    # oneDNN takes the value as written: in small letters it does not turn AMX on.
+    assert not amx.enable_amx({amx.ISA_VARIABLE: "avx512_core_amx"}, flags=amx.AMX_FLAGS,
+                              request=lambda: True)
 
 
-def test_importing_unet_sets_it_only_on_amx_cpus_and_cluster_processes_do_not_inherit_it():
-    # user_environ() is what the launcher passes on to the processes of a cluster.
+def test_a_refused_permission_with_the_amx_isa_set_is_reported(caplog):
+    environ = {amx.ISA_VARIABLE: amx.AMX_ISA}
+    assert not amx.enable_amx(environ, flags=amx.AMX_FLAGS, request=lambda: False)
+    assert "refused" in caplog.text and environ == {amx.ISA_VARIABLE: amx.AMX_ISA}
+
+
+def test_importing_unet_sets_it_only_with_amx_and_user_environ_leaves_it_out():
+    # user_environ() is what the launcher (local and ssh) passes on to a cluster's processes.
     code = ("import os, unet; from unet.threads import user_environ; "
             f"print(os.environ.get('{amx.ISA_VARIABLE}', '-'), "
             f"user_environ().get('{amx.ISA_VARIABLE}', '-'))")
@@ -85,7 +95,7 @@ def test_importing_unet_sets_it_only_on_amx_cpus_and_cluster_processes_do_not_in
     assert out.stdout.split() == ["AVX2", "AVX2"], out.stderr
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="the CPU has no AMX (amx_tile, amx_bf16)")
+@pytest.mark.skipif(not HAS_AMX, reason="no AMX here (CPU flags, or Linux's permission)")
 def test_bf16_runs_on_amx_kernels_after_import_unet_and_matches_fp32():
     out = _run("import unet\n" + BF16_CONV, DNNL_VERBOSE="1")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -95,7 +105,7 @@ def test_bf16_runs_on_amx_kernels_after_import_unet_and_matches_fp32():
     assert float(out.stdout.splitlines()[-1]) < 2e-2     # bfloat16 has an 8-bit mantissa
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="the CPU has no AMX (amx_tile, amx_bf16)")
+@pytest.mark.skipif(not HAS_AMX, reason="no AMX here (CPU flags, or Linux's permission)")
 def test_without_the_permission_the_same_isa_kills_the_process():
     # Why unet.amx asks for the permission: MXNet's oneDNN 2.4 does not.
     out = _run(BF16_CONV, **{amx.ISA_VARIABLE: amx.AMX_ISA})

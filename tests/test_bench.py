@@ -68,6 +68,7 @@ def test_table_has_machine_line_and_a_row():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "cores" in lines[0]
+    assert "OMP_NUM_THREADS=" in lines[0] and "DNNL_MAX_CPU_ISA=" in lines[0]
     assert any(line.startswith("| infer | 32") and "fp32 batch" in line for line in lines)
 
 

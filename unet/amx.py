@@ -9,15 +9,19 @@ is granted and the variable is unset, sets it; MXNet reads the variable when one
 so this must happen before ``import mxnet``, and the package's ``__init__`` calls it.
 
 Only ``--amp bf16`` and ``--amp int8`` change: fp32 has no AMX kernels. On a 2-core Xeon with AMX
-(README, *Speed*) a bf16 training step of the default model at 256x256 took 1.3-1.6 s with AMX
-and 4.0-4.2 s without.
-A ``DNNL_MAX_CPU_ISA`` the user set is kept (``AVX512_CORE_BF16`` turns AMX off); the permission
-is asked for whenever the CPU has AMX, so that a variable inherited from a parent process that
-set it cannot crash this one.
+(README, *Speed*) a bf16 training step of the default model at 256x256 took 1.55 s with AMX and
+4.03 s without. A ``DNNL_MAX_CPU_ISA`` the user set is kept (``AVX512_CORE_BF16`` turns AMX off;
+oneDNN takes the value as written, in capitals); the permission is asked for whenever the CPU has
+AMX, so that a variable inherited from a parent process that set it does not crash this one, and
+where Linux refuses it while the variable asks for AMX a warning says so. After a oneDNN kernel
+has run (``mxnet`` imported and used first) the variable no longer changes anything.
 """
 import ctypes
+import logging
 import os
 import platform
+
+log = logging.getLogger(__name__)
 
 ISA_VARIABLE = "DNNL_MAX_CPU_ISA"
 AMX_ISA = "AVX512_CORE_AMX"
@@ -50,13 +54,17 @@ def request_tile_permission():
 
     False off x86-64 Linux and on kernels older than 5.16 (no such request: EINVAL).
     """
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
+    # A 32-bit Python on an x86-64 kernel has other syscall numbers (158 is sched_yield there).
+    if platform.system() != "Linux" or platform.machine() != "x86_64" \
+            or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
     except (OSError, AttributeError):
         return False
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
+    return syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
 
 
 def enable_amx(environ=os.environ, flags=None, request=request_tile_permission):
@@ -72,8 +80,14 @@ def enable_amx(environ=os.environ, flags=None, request=request_tile_permission):
         Asks for the permission; called only when the CPU has AMX.
     """
     flags = cpu_flags() if flags is None else flags
-    if not AMX_FLAGS <= set(flags) or not request():
+    if not AMX_FLAGS <= set(flags):
+        return False
+    if not request():
+        if environ.get(ISA_VARIABLE) == AMX_ISA:
+            log.warning("%s=%s is set but Linux refused this process the AMX permission: bf16 "
+                        "and int8 convolutions may stop it with SIGILL (unset the variable)",
+                        ISA_VARIABLE, AMX_ISA)
         return False
     if not environ.get(ISA_VARIABLE):
         environ[ISA_VARIABLE] = AMX_ISA
-    return environ[ISA_VARIABLE].upper() == AMX_ISA
+    return environ[ISA_VARIABLE] == AMX_ISA

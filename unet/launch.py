@@ -40,6 +40,7 @@ import time
 from .cli import OneLineParser
 from .cluster_nodes import free_port, local_nodes, read_hostfile, ssh_nodes
 from .errors import InputError
+from .threads import user_environ
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Cluster:
         try:
             for node in self.nodes:
                 proc = subprocess.Popen(
-                    node.argv, env={**os.environ, **node.env}, stdin=subprocess.DEVNULL,
+                    node.argv, env={**user_environ(), **node.env}, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                     preexec_fn=preexec)
                 self.procs.append(proc)
