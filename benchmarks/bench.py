@@ -56,23 +56,18 @@ def machine_info():
         mxnet = None
     return {"cpu": model, "cores": cores, "flags": [f for f in CPU_FLAGS if f in flags],
             "python": platform.python_version(), "mxnet": mxnet,
-            "omp_num_threads": threads.USER_OMP_THREADS or _default_threads(),
-            "dnnl_max_cpu_isa": amx.USER_ISA or _default_isa(amx)}
+            "omp_num_threads": _setting(threads.USER_OMP_THREADS, "OMP_NUM_THREADS",
+                                        "one per physical core"),
+            "dnnl_max_cpu_isa": _setting(amx.USER_ISA, amx.ISA_VARIABLE, "on this CPU with AMX")}
 
 
-def _default_isa(amx):
-    isa = os.environ.get(amx.ISA_VARIABLE)
-    return f"{isa} (unset: unet's default on this CPU with AMX)" if isa else "-"
-
-
-def _default_threads():
-    return f"{_physical_cores()} (unset: unet's default, one per physical core)"
-
-
-def _physical_cores():
-    sys.path.insert(0, str(ROOT))
-    from unet.threads import physical_cores
-    return physical_cores()
+def _setting(user_value, name, why):
+    """What the rows run with for the variable ``name``: the user's value, else the default
+    that ``import unet`` filled in (said so, with ``why``), else ``-``."""
+    value = user_value or os.environ.get(name)
+    if not value:
+        return "-"
+    return value if user_value else f"{value} (unset: unet's default, {why})"
 
 
 def machine_line(info):
