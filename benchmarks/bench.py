@@ -348,7 +348,8 @@ def run_epoch(spec):
     """The last ``TIMED_EPOCHS`` epochs of one ``unet.train.train`` run of
     ``WARMUP_EPOCHS + TIMED_EPOCHS``, each from the end of the previous epoch to the end of its
     own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time per epoch of its
-    steps (with the waits for data), validation, checkpoint and histograms; ``step_ms_by_epoch``:
+    steps (with the waits for data), validation, checkpoint (what the epoch waits for: the copy of
+    the weights, the files' write beyond validation, the commit) and histograms; ``step_ms_by_epoch``:
     for every epoch of the run, the median time from the start of one step's forward pass to the
     next's (the whole step: data, forward, backward, update, loss readout, logging). The pure
     steps to compare with are measured by the parent, in fresh processes
@@ -390,7 +391,8 @@ def run_epoch(spec):
     step_loop.batch_gradients = batch_gradients
     timed_part(training, "train_epoch", "steps")
     timed_part(training, "validate", "validation")
-    timed_part(CheckpointSaver, "save", "checkpoint")
+    timed_part(CheckpointSaver, "begin", "checkpoint")     # the weights' copy; the files are
+    timed_part(CheckpointSaver, "save", "checkpoint")      # written beside validation
     timed_part(TrainingLog, "histograms", "histograms")
     with tempfile.TemporaryDirectory() as folder:
         data = demo_dataset(os.path.join(folder, "data"), size, count)

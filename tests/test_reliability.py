@@ -135,15 +135,15 @@ def test_no_space_left_keeps_the_previous_checkpoint(tmp_path, data, monkeypatch
 
 
 def test_checkpoint_folder_removed_mid_run(tmp_path, data, monkeypatch, capsys):
-    real = ckpt.save_checkpoint
+    real = ckpt.prepare_checkpoint
     calls = []
 
-    def save(net, path, meta, trainer=None, **options):
+    def prepare(net, path, *args, **options):
         calls.append(path)
         if len(calls) == 3:  # epoch 2's last checkpoint: the folder is gone
             shutil.rmtree(os.path.dirname(path))
-        return real(net, path, meta, trainer, **options)
-    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+        return real(net, path, *args, **options)
+    monkeypatch.setattr(ckpt, "prepare_checkpoint", prepare)
     assert segmenter.main(argv(data, tmp_path, 2)) == 2
     (line,) = error_lines(capsys)
     assert "could not write checkpoint" in line and "No such file or directory" in line

@@ -165,6 +165,22 @@ def test_resume_removes_what_a_killed_write_left(tmp_path, demo):
     assert [n for n in left if n.endswith(".states")] == ["unet-last-step4.states"]
 
 
+def test_kill_during_validation_keeps_the_previous_epoch_and_resume_cleans_up(tmp_path, demo):
+    # Epoch 2's checkpoint files are being written beside its validation when the kill comes.
+    ckpt = tmp_path / "unet.params"
+    args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
+            str(tmp_path / "logs"), "--num-epochs", "3"] + TINY
+    killed = _segmenter(args, dict(os.environ, UNET_KILL_AT="train.validation:2"))
+    assert killed.returncode == -signal.SIGKILL
+    assert read_meta(last_path(ckpt))["epoch"] == 1
+    done = _segmenter(args + ["--checkpoint", "load"])
+    assert done.returncode == 0, done.stderr
+    assert read_meta(last_path(ckpt))["epoch"] == 3
+    left = sorted(os.listdir(tmp_path))
+    assert not any(".tmp" in name or name.endswith(".pending") for name in left), left
+    assert [n for n in left if n.endswith(".states")] == ["unet-last-step6.states"]
+
+
 # TERM-GROUP: SIGTERM to the whole process group (pkill -f, a batch scheduler's cancel), which
 # kills the loader's worker processes too; MXNet's DataLoader pool re-forked them and hung the save.
 # INT-GROUP: Ctrl-C in a terminal, which the workers ignore.

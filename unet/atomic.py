@@ -30,13 +30,9 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    The caller writes the temporary file by any means (``cv2.imwrite``, ``net.save_parameters``).
-    On an exception the temporary file is removed and ``path`` is left untouched.
-    """
+def temp_path_beside(path):
+    """A new empty file in ``path``'s folder (so that a rename onto ``path`` is atomic), with the
+    usual file mode; its hidden name keeps ``path``'s suffix: ``.NAME.XXXX.tmp.SUFFIX``."""
     path = os.fsdecode(path)        # bytes paths too (non-UTF-8 names come as surrogates)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
@@ -44,16 +40,37 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual file mode
+    return tmp
+
+
+def fsync_file(path):
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def replace_synced(tmp, path):
+    """fsync ``tmp``, rename it onto ``path``, then fsync the folder (so the rename survives a
+    power cut)."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The caller writes the temporary file by any means (``cv2.imwrite``, ``net.save_parameters``).
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    tmp = temp_path_beside(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
 
 
 def write_bytes(path, data):

@@ -15,6 +15,8 @@ pending JSON whose sha256 matches ``P``; readers accept it. Every other moment l
 new checkpoint whole.
 """
 import concurrent.futures
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ import mxnet as mx
 import numpy as np
 
 from . import __version__, faults
-from .atomic import atomic_path, write_json
+from .atomic import fsync_file, replace_synced, temp_path_beside, write_json
 from .config import ModelConfig
 from .errors import InputError
 from .model import build_unet
@@ -53,7 +55,9 @@ def last_path(checkpoint_file):
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        # Large reads: each one takes the GIL back, which a busy main thread holds for up to
+        # its 5 ms switch interval while this runs beside it.
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -70,68 +74,141 @@ def save_checkpoint(net, path, meta, trainer=None, same_weights_as=None):
     added. ``same_weights_as``: ``(params path, sha256)`` of a committed checkpoint that holds
     ``net``'s current weights; its file is hard-linked instead of written again where the file
     system allows. Raises ``OSError`` when a write fails; the previous checkpoint is then still
-    whole.
+    whole. The same as :func:`prepare_checkpoint` then :func:`commit_checkpoint`.
+    """
+    prepared = prepare_checkpoint(net, path, trainer, meta.get("global_step", 0),
+                                  same_weights_as=same_weights_as)
+    return commit_checkpoint(prepared, meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCheckpoint:
+    """A checkpoint's files, written, fsync'ed and hashed, that no reader sees yet.
+
+    ``weights_tmp``: the weights, in a temporary file beside ``path``; ``optimizer_state``: the
+    JSON's entry for the states file (written under its own step-numbered name), or None;
+    ``old_states``: the states file the committed checkpoint names now, removed after the commit.
+    """
+    path: str
+    weights_tmp: str
+    params_sha256: str
+    optimizer_state: "dict | None"
+    old_states: "str | None"
+
+
+def prepare_checkpoint(net, path, trainer=None, global_step=0, same_weights_as=None):
+    """The slow half of a save: write and hash the files of a checkpoint of ``net`` (a Block, or
+    its :func:`weights_copy`) and ``trainer`` at ``path``; returns a :class:`PreparedCheckpoint` for
+    :func:`commit_checkpoint` or :func:`discard_checkpoint`.
+
+    Nothing a reader of ``path`` looks at changes, so it may run on another thread while the
+    network is used for inference (validation), given its :func:`weights_copy` and an optimizer
+    state nothing updates meanwhile. ``global_step`` names the states file. Raises ``OSError``
+    and then leaves nothing behind.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION,
-                versions=library_versions(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _finish_interrupted_commit(path)
     old_states = _states_file(path)
-    states_path, params_renamed = None, False
+    tmp, states_path, optimizer_state = temp_path_beside(path), None, None
     try:
         # The optimizer state is hashed on a second thread while the weights are written and
         # hashed on this one (hashlib lets go of the GIL): a few tenths of a second an epoch.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hasher:
             if trainer is not None:
                 stem = os.path.splitext(os.path.basename(path))[0]
-                states_name = f"{stem}-step{meta.get('global_step', 0)}.states"
+                states_name = f"{stem}-step{global_step}.states"
                 states_path = os.path.join(folder, states_name)
                 counters = save_optimizer_state(trainer, states_path)
                 states_digest = hasher.submit(sha256_file, states_path)
-            pending = meta_path(path) + ".pending"
-            with atomic_path(path) as tmp:
-                if _link_weights(same_weights_as, tmp):
-                    meta["params_sha256"] = same_weights_as[1]
-                else:
-                    save_weights(net, tmp)
-                    meta["params_sha256"] = sha256_file(tmp)
-                if trainer is not None:
-                    meta["optimizer_state"] = dict(counters, file=states_name,
-                                                   sha256=states_digest.result())
-                write_json(pending, meta)
-                faults.point("checkpoint.params_written")
-            params_renamed = True
+            if _link_weights(same_weights_as, tmp):
+                params_sha256 = same_weights_as[1]
+            else:
+                save_weights(net, tmp)
+                params_sha256 = sha256_file(tmp)
+                fsync_file(tmp)
+            if trainer is not None:
+                optimizer_state = dict(counters, file=states_name, sha256=states_digest.result())
+    except BaseException:
+        _remove_new_files(tmp, states_path, old_states)
+        raise
+    return PreparedCheckpoint(path, tmp, params_sha256, optimizer_state, old_states)
+
+
+def commit_checkpoint(prepared, meta):
+    """The quick half of a save: make a :class:`PreparedCheckpoint` the checkpoint at its path,
+    described by ``meta`` (any JSON-able dict; ``format``, ``versions``, ``saved_at`` and the
+    sha256 sums are added); returns the JSON written. Raises ``OSError`` when a write fails; the
+    previous checkpoint is then still whole, and the prepared files are removed.
+    """
+    path = prepared.path
+    meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION,
+                versions=library_versions(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                params_sha256=prepared.params_sha256)
+    if prepared.optimizer_state is not None:
+        meta["optimizer_state"] = prepared.optimizer_state
+    pending = meta_path(path) + ".pending"
+    params_renamed = False
+    try:
+        write_json(pending, meta)
+        faults.point("checkpoint.params_written")
+        replace_synced(prepared.weights_tmp, path)
+        params_renamed = True
         faults.point("checkpoint.renamed")
         os.replace(pending, meta_path(path))
         faults.point("checkpoint.committed")
     except BaseException:
-        # Until the weights are renamed, a new states file is an orphan of this failed save;
-        # after that the pending JSON names it and readers accept that JSON.
-        if states_path and not params_renamed and os.path.basename(states_path) != old_states:
-            try:
-                os.remove(states_path)
-            except OSError:
-                pass
+        # Until the weights are renamed, the new files are orphans of this failed save; after
+        # that the pending JSON names them and readers accept that JSON.
+        if not params_renamed:
+            discard_checkpoint(prepared)
         raise
-    new_states = meta.get("optimizer_state", {}).get("file")
-    if old_states and old_states != new_states:
-        try:
-            os.remove(os.path.join(folder, old_states))
-        except OSError:
-            pass
+    new_states = (prepared.optimizer_state or {}).get("file")
+    if prepared.old_states and prepared.old_states != new_states:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(os.path.dirname(os.path.abspath(path)), prepared.old_states))
     return meta
+
+
+def discard_checkpoint(prepared):
+    """Remove the files of a :class:`PreparedCheckpoint` that will not be committed."""
+    states = (prepared.optimizer_state or {}).get("file")
+    folder = os.path.dirname(os.path.abspath(prepared.path))
+    _remove_new_files(prepared.weights_tmp, states and os.path.join(folder, states),
+                      prepared.old_states)
+
+
+def _remove_new_files(weights_tmp, states_path, old_states):
+    """A failed save's files; a states file of the same name as the committed one (a save at
+    the same step) is that checkpoint's and stays."""
+    with contextlib.suppress(OSError):
+        os.remove(weights_tmp)
+    if states_path and os.path.basename(states_path) != old_states:
+        with contextlib.suppress(OSError):
+            os.remove(states_path)
 
 
 def save_weights(net, path):
     """``net.save_parameters(path)``: the same file, without the copy of every weight that
     Gluon makes first where a parameter lives on one CPU context (144 MB for the default model).
+    ``net`` may also be the ``{name: NDArray}`` to write (:func:`weights_copy`).
     """
+    if isinstance(net, dict):
+        mx.nd.save(path, net)
+        return
     params = net._collect_params_with_prefix()
     if all(p.list_ctx() == [mx.cpu()] for p in params.values()):
         mx.nd.save(path, {name: p.data() for name, p in params.items()})
     else:
         net.save_parameters(path)
+
+
+def weights_copy(net):
+    """``{name: NDArray on the CPU}``: a copy of ``net``'s weights as ``save_parameters`` names
+    them, for :func:`save_weights` while the network goes on being used. An inference pass may
+    move a weight into another oneDNN layout in place, which a writer on another thread would
+    read half-way."""
+    return {name: p._reduce() for name, p in net._collect_params_with_prefix().items()}
 
 
 def _link_weights(source, tmp):

@@ -152,7 +152,7 @@ class _Run:
         kvstore, self.rank, self.num_workers, self.is_dist = create_kvstore(cfg.kvstore,
                                                                             len(self.ctx))
         self.is_chief = self.rank == 0
-        self.tb, self.lock, self.loader = None, None, None
+        self.tb, self.lock, self.loader, self.saver = None, None, None, None
         if self.is_chief:       # only rank 0 writes checkpoints
             self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
             ckpt.remove_stale_files(cfg.checkpoint_file)
@@ -279,6 +279,12 @@ class _Run:
     def _end_epoch(self, epoch, lr, loss, images_per_sec):
         """Validate, log, and save the last (and, if improved, the best) checkpoint."""
         cfg, state, tb = self.cfg, self.state, self.tb
+        # The checkpoint's files are written on a second thread meanwhile, and committed by
+        # save() below. The histograms first: mostly one thread of Python, they leave the
+        # writer a core, which validation's two threads would not.
+        self.saver.begin()
+        if cfg.histograms:
+            tb.histograms(self.net, state.global_step)
         faults.point("train.validation")
         scores, panels = validate(self.net, self.info, self.model_cfg, self.ctx,
                                   cfg.batch_size, cfg.log_images)
@@ -287,8 +293,6 @@ class _Run:
         tb.scalar("train/images_per_sec", images_per_sec, state.global_step)
         tb.scalar("train/epoch_loss", loss, state.global_step)
         tb.panels("val/panels", panels, state.global_step)
-        if cfg.histograms:
-            tb.histograms(self.net, state.global_step)
         improved = scores["dice"] > state.best_score
         if improved:
             state.best_score, state.best_epoch = scores["dice"], epoch + 1
@@ -299,6 +303,8 @@ class _Run:
                  "  (best, saved)" if improved else "")
 
     def close(self):
+        if self.saver is not None:
+            self.saver.close()
         if self.loader is not None:
             self.loader.close()
         if self.tb is not None:
