@@ -1,5 +1,6 @@
 """unet.saver: the last checkpoint's files are written beside validation and committed after it,
 as the state was at ``begin``; a save that does not come leaves nothing; write errors are one line."""
+import concurrent.futures
 import os
 import threading
 import types
@@ -123,3 +124,25 @@ def test_a_failed_background_write_is_one_line_and_keeps_the_checkpoint(run, mon
         run.saver.save(1e-3, {"dice": 0.7}, best=True)
     assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
     assert folder_bytes(run.folder) == before
+
+
+def test_ctrl_c_while_waiting_leaves_the_files_to_the_state_save(run, monkeypatch):
+    run.saver.begin()
+    real, interrupted = concurrent.futures.Future.result, []
+
+    def result(self, timeout=None):     # the signal comes as the write ends, on the main thread
+        value = real(self, timeout)
+        if threading.current_thread() is threading.main_thread() and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return value
+    monkeypatch.setattr(concurrent.futures.Future, "result", result)
+    with pytest.raises(KeyboardInterrupt):
+        run.saver.save(1e-3, {"dice": 0.6}, best=True)
+    run.saver.save(1e-3, None, best=False)      # what train.save_interrupted does next
+    meta = ckpt.read_meta(run.last)
+    assert (meta["global_step"], meta["scores"]) == (1, None)
+    assert ckpt.sha256_file(run.last) == meta["params_sha256"]
+    assert sorted(n for n in os.listdir(run.folder) if n.endswith(".states")) == \
+        ["unet-last-step1.states"]
+    assert temporaries(run.folder) == []

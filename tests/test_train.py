@@ -165,13 +165,16 @@ def test_resume_removes_what_a_killed_write_left(tmp_path, demo):
     assert [n for n in left if n.endswith(".states")] == ["unet-last-step4.states"]
 
 
-def test_kill_during_validation_keeps_the_previous_epoch_and_resume_cleans_up(tmp_path, demo):
-    # Epoch 2's checkpoint files are being written beside its validation when the kill comes.
+def test_kill_while_the_checkpoint_is_written_beside_validation(tmp_path, demo):
+    # The 3rd checkpoint prepared is epoch 2's last, written while its validation runs: killed
+    # once its files are written, before the commit.
     ckpt = tmp_path / "unet.params"
     args = ["--data-dir", str(demo), "--checkpoint-file", str(ckpt), "--log-dir",
             str(tmp_path / "logs"), "--num-epochs", "3"] + TINY
-    killed = _segmenter(args, dict(os.environ, UNET_KILL_AT="train.validation:2"))
+    killed = _segmenter(args, dict(os.environ, UNET_KILL_AT="checkpoint.prepared:3"))
     assert killed.returncode == -signal.SIGKILL
+    left = sorted(os.listdir(tmp_path))
+    assert any(".tmp" in name for name in left) and "unet-last-step4.states" in left, left
     assert read_meta(last_path(ckpt))["epoch"] == 1
     done = _segmenter(args + ["--checkpoint", "load"])
     assert done.returncode == 0, done.stderr

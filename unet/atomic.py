@@ -11,13 +11,18 @@ import os
 import tempfile
 
 
-def _umask():
+def _read_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _fsync_dir(folder):
+# Read once: setting and restoring the process-wide umask on a writer thread would give the
+# files another thread creates meanwhile the mode 0666.
+_UMASK = _read_umask()
+
+
+def fsync_dir(folder):
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -39,7 +44,7 @@ def temp_path_beside(path):
     suffix = os.path.splitext(base)[1]
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual file mode
+    os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the usual file mode
     return tmp
 
 
@@ -53,7 +58,7 @@ def replace_synced(tmp, path):
     power cut)."""
     fsync_file(tmp)
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+    fsync_dir(os.path.dirname(os.path.abspath(os.fsdecode(path))))
 
 
 @contextlib.contextmanager

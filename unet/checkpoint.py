@@ -29,7 +29,7 @@ import mxnet as mx
 import numpy as np
 
 from . import __version__, faults
-from .atomic import fsync_file, replace_synced, temp_path_beside, write_json
+from .atomic import fsync_dir, fsync_file, temp_path_beside, write_json
 from .config import ModelConfig
 from .errors import InputError
 from .model import build_unet
@@ -98,7 +98,8 @@ class PreparedCheckpoint:
 
 def prepare_checkpoint(net, path, trainer=None, global_step=0, same_weights_as=None):
     """The slow half of a save: write and hash the files of a checkpoint of ``net`` (a Block, or
-    its :func:`weights_copy`) and ``trainer`` at ``path``; returns a :class:`PreparedCheckpoint` for
+    its :func:`weights_copy`) and ``trainer`` (a Trainer, or its
+    :func:`unet.trainer_state.optimizer_arrays`) at ``path``; returns a :class:`PreparedCheckpoint` for
     :func:`commit_checkpoint` or :func:`discard_checkpoint`.
 
     Nothing a reader of ``path`` looks at changes, so it may run on another thread while the
@@ -132,6 +133,7 @@ def prepare_checkpoint(net, path, trainer=None, global_step=0, same_weights_as=N
     except BaseException:
         _remove_new_files(tmp, states_path, old_states)
         raise
+    faults.point("checkpoint.prepared")
     return PreparedCheckpoint(path, tmp, params_sha256, optimizer_state, old_states)
 
 
@@ -152,8 +154,10 @@ def commit_checkpoint(prepared, meta):
     try:
         write_json(pending, meta)
         faults.point("checkpoint.params_written")
-        replace_synced(prepared.weights_tmp, path)
-        params_renamed = True
+        fsync_file(prepared.weights_tmp)
+        os.replace(prepared.weights_tmp, path)
+        params_renamed = True       # from here the pending JSON names the new files
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
         faults.point("checkpoint.renamed")
         os.replace(pending, meta_path(path))
         faults.point("checkpoint.committed")

@@ -6,7 +6,8 @@ exits; ``TERM-GROUP`` sends SIGTERM to the whole process group, the data-loader 
 as ``pkill -f`` or a batch scheduler's cancel does; ``KILL-WORKER`` kills the child process whose
 name sorts first (data-loader worker 0) instead, as the OOM killer might.
 Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating, the epoch's checkpoint files being written),
-``checkpoint.params_written`` (weights in a temp file, nothing renamed), ``checkpoint.renamed``
+``checkpoint.prepared`` (a checkpoint's files written and hashed, on the writer thread, nothing
+renamed), ``checkpoint.params_written`` (the pending JSON written too), ``checkpoint.renamed``
 (weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
 Unset (the normal case), :func:`point` costs one dictionary lookup.
 """

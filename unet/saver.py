@@ -6,6 +6,7 @@ import mxnet as mx
 
 from . import checkpoint as ckpt
 from .errors import InputError
+from .trainer_state import optimizer_arrays
 
 
 class CheckpointSaver:
@@ -35,9 +36,11 @@ class CheckpointSaver:
         if not self.enabled:
             return
         self._discard()
+        # The arrays are taken here, on the training thread: on a GPU that is a copy.
+        optimizer = None if self.trainer is None else optimizer_arrays(self.trainer)
         self._begun = self._writer.submit(
             ckpt.prepare_checkpoint, ckpt.weights_copy(self.net), self._last_path(),
-            self.trainer, self.state.global_step)
+            optimizer, self.state.global_step)
 
     def save(self, lr, scores, best):
         """Commit the last checkpoint (what :meth:`begin` wrote, else written now) and, when
@@ -67,13 +70,16 @@ class CheckpointSaver:
 
     def _take_begun(self):
         # A Ctrl-C while waiting leaves the files begun: the state save that follows commits
-        # them, the run's state being the same.
+        # them, the run's state being the same. A failed write has removed its files.
         begun = self._begun
         try:
-            return begun.result()
-        finally:
-            if begun.done():
+            prepared = begun.result()
+        except BaseException:
+            if begun.done() and begun.exception() is not None:
                 self._begun = None
+            raise
+        self._begun = None
+        return prepared
 
     def _discard(self):
         if self._begun is None:

@@ -303,14 +303,12 @@ class _Run:
                  "  (best, saved)" if improved else "")
 
     def close(self):
-        if self.saver is not None:
-            self.saver.close()
-        if self.loader is not None:
-            self.loader.close()
-        if self.tb is not None:
-            self.tb.close()
+        # Each in turn even when one fails or a second Ctrl-C comes while the saver waits for
+        # its writer: the lock, last, is released in any case.
+        closers = [part.close for part in (self.saver, self.loader, self.tb) if part is not None]
         if self.lock is not None:
-            self.lock.release()
+            closers.append(self.lock.release)
+        _close_all(closers)
 
     def save_interrupted(self, reason):
         if not self.is_chief:
@@ -318,6 +316,19 @@ class _Run:
         self.saver.save(self.cfg.learning_rate_at(self.state.epoch), None, best=False)
         log.warning("%s: state saved to %s at step %d; resume with --checkpoint=load", reason,
                     ckpt.last_path(self.cfg.checkpoint_file), self.state.global_step)
+
+
+def _close_all(closers):
+    """Call every function of ``closers`` in order, also after one raised; raise the first
+    exception."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except BaseException as exc:      # noqa: BLE001 - raised below, after the others ran
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _jsonable(obj):

@@ -37,23 +37,34 @@ def _copy(state):
     return tuple(_copy(item) for item in state)
 
 
-def save_optimizer_state(trainer, path):
-    """Write the first updater's state to ``path`` atomically; return the JSON-able counters.
+def optimizer_arrays(trainer):
+    """The first updater's state, ready to write: ``(arrays, counters)``.
 
-    Returns ``{'layout': {...}, 'num_update': int, 'index_update_count': {...}}``.
+    ``arrays``: ``{"<param index>/<slot>": NDArray on the CPU}`` (the live arrays where they
+    are on the CPU, copies of those on a GPU); ``counters``: ``{'layout': {...}, 'num_update':
+    int, 'index_update_count': {...}}``, JSON-able. Take it on the thread that trains; writing
+    it (:func:`save_optimizer_state`) may happen on another while the optimizer does not step.
     """
     updater = trainer._updaters[0]
     optimizer = trainer._optimizer
     arrays, layout = {}, {}
     for index, state in updater.states.items():
         layout[str(index)] = _flatten(state, str(index), arrays)
-    with atomic_path(path) as tmp:
-        mx.nd.save(tmp, {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()})
-    return {
+    counters = {
         "layout": layout,
         "num_update": int(optimizer.num_update),
         "index_update_count": {str(k): int(v) for k, v in optimizer._index_update_count.items()},
     }
+    return {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()}, counters
+
+
+def save_optimizer_state(trainer, path):
+    """Write a trainer's first updater's state (or its :func:`optimizer_arrays`) to ``path``
+    atomically; return the JSON-able counters."""
+    arrays, counters = trainer if isinstance(trainer, tuple) else optimizer_arrays(trainer)
+    with atomic_path(path) as tmp:
+        mx.nd.save(tmp, arrays)
+    return counters
 
 
 def load_optimizer_state(trainer, path, counters):
