@@ -99,8 +99,8 @@ class PreparedCheckpoint:
 def prepare_checkpoint(net, path, trainer=None, global_step=0, same_weights_as=None):
     """The slow half of a save: write and hash the files of a checkpoint of ``net`` (a Block, or
     its :func:`weights_copy`) and ``trainer`` (a Trainer, or its
-    :func:`unet.trainer_state.optimizer_arrays`) at ``path``; returns a :class:`PreparedCheckpoint` for
-    :func:`commit_checkpoint` or :func:`discard_checkpoint`.
+    :func:`unet.trainer_state.optimizer_arrays`) at ``path``; returns a
+    :class:`PreparedCheckpoint` for :func:`commit_checkpoint` or :func:`discard_checkpoint`.
 
     Nothing a reader of ``path`` looks at changes, so it may run on another thread while the
     network is used for inference (validation), given its :func:`weights_copy` and an optimizer

@@ -5,10 +5,11 @@ Set ``UNET_KILL_AT=POINT:N`` to kill the process the N-th time (1-based) it pass
 exits; ``TERM-GROUP`` sends SIGTERM to the whole process group, the data-loader workers included,
 as ``pkill -f`` or a batch scheduler's cancel does; ``KILL-WORKER`` kills the child process whose
 name sorts first (data-loader worker 0) instead, as the OOM killer might.
-Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating, the epoch's checkpoint files being written),
-``checkpoint.prepared`` (a checkpoint's files written and hashed, on the writer thread, nothing
-renamed), ``checkpoint.params_written`` (the pending JSON written too), ``checkpoint.renamed``
-(weights renamed, JSON still pending), ``checkpoint.committed`` (after the JSON rename).
+Points: ``train.step`` (after an optimizer update), ``train.validation`` (before validating,
+the epoch's checkpoint files being written), ``checkpoint.prepared`` (a checkpoint's files
+written and hashed, on the writer thread, nothing renamed), ``checkpoint.params_written`` (the
+pending JSON written too), ``checkpoint.renamed`` (weights renamed, JSON still pending),
+``checkpoint.committed`` (after the JSON rename).
 Unset (the normal case), :func:`point` costs one dictionary lookup.
 """
 import multiprocessing
