@@ -48,13 +48,13 @@ import numpy as np  # noqa: E402
 TINY = ["--base-channels", "4", "--depth", "2", "--image-size", "32", "--norm", "batch",
         "--batch-size", "4", "--log-images", "1"]
 STEPS_PER_EPOCH = 2  # 8 training images, batch 4
-POINTS = ["train.step", "train.validation", "checkpoint.params_written", "checkpoint.renamed",
-          "checkpoint.committed"]
+POINTS = ["train.step", "train.validation", "checkpoint.prepared", "checkpoint.params_written",
+          "checkpoint.renamed", "checkpoint.committed"]
 RANDOM = ["random:start-up", "random:data loading", "random:in an epoch"]
 # The first trials take every kind once, the slow start-up kill last (a short campaign skips it).
 FIRST = ["train.step", "random:data loading", "checkpoint.renamed", "train.validation",
          "checkpoint.params_written", "random:in an epoch", "checkpoint.committed",
-         "random:start-up"]
+         "random:start-up", "checkpoint.prepared"]
 EPOCH_LINE = re.compile(r"INFO epoch (\d+)/")
 
 
@@ -138,7 +138,7 @@ def plan_trials(kills, seed):
     rng = random.Random(seed)
     counts = {"train.step": range(1, 6), "train.validation": range(1, 4),
               "checkpoint.params_written": range(1, 4), "checkpoint.renamed": range(1, 4),
-              "checkpoint.committed": range(1, 4)}
+              "checkpoint.committed": range(1, 4), "checkpoint.prepared": range(1, 4)}
     trials = []
     for i in range(kills):
         kind = FIRST[i] if i < len(FIRST) else rng.choice(FIRST)
