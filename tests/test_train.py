@@ -127,10 +127,17 @@ def test_event_files_hold_the_expected_tags(tmp_path, demo):
     assert any(t.startswith("grads/") for t in tags["histograms"])
 
 
+def _default_sigint():
+    # A shell's background job starts with SIGINT ignored, an ignored signal stays ignored
+    # across exec, and Python then never raises KeyboardInterrupt: give the child the default
+    # disposition, however pytest was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _segmenter(args, env=None, new_session=False):
     return subprocess.run([sys.executable, os.path.join(ROOT, "segmenter.py")] + args,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          start_new_session=new_session)
+                          start_new_session=new_session, preexec_fn=_default_sigint)
 
 
 def test_killed_mid_epoch_resumes_and_finishes(tmp_path, demo):
