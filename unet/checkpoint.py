@@ -154,8 +154,7 @@ def commit_checkpoint(prepared, meta):
     try:
         write_json(pending, meta)
         faults.point("checkpoint.params_written")
-        fsync_file(prepared.weights_tmp)
-        os.replace(prepared.weights_tmp, path)
+        os.replace(prepared.weights_tmp, path)      # fsync'ed by prepare_checkpoint
         params_renamed = True       # from here the pending JSON names the new files
         fsync_dir(os.path.dirname(os.path.abspath(path)))
         faults.point("checkpoint.renamed")
