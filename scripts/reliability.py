@@ -316,7 +316,8 @@ def broken(valid):
     """Files that are not usable images, by name."""
     return {"zero-byte": b"", "truncated": valid[: len(valid) // 2],
             "text named .png": b"this is not a PNG\n", "huge header": huge_png(),
-            "random bytes": np.random.RandomState(1).bytes(300)}
+            "random bytes": np.random.RandomState(1).bytes(300),
+            "garbled after the PNG signature": valid[:8] + np.random.RandomState(2).bytes(200)}
 
 
 class Workspace:
@@ -411,8 +412,9 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def error_case(cli, argv, *words, marker=None):
-    """Expect one ``error:`` line holding ``words`` and a non-zero exit code."""
+def error_case(cli, argv, *words, marker=None, also=None):
+    """Expect one ``error:`` line holding ``words`` and a non-zero exit code; ``also()``, when
+    given, returns what else is wrong (files the failed run touched) or None."""
     def check(code, err):
         lines = [l for l in err.replace("\r", "\n").splitlines() if "error:" in l]
         if code == 0:
@@ -424,7 +426,7 @@ def error_case(cli, argv, *words, marker=None):
             return f"error line lacks {missing}: {lines[0]}"
         if marker and os.path.exists(marker):
             return "a pickle in the checkpoint was executed"
-        return None
+        return also() if also else None
     return cli, argv, check
 
 
@@ -663,6 +665,19 @@ def resume_cases(ws):
                  "data")
     yield resume("a JSON that is not JSON", lambda l, r: write(l + ".json", b"\xff\xfe{"), "JSON")
 
+    def without_json(f):
+        """Refused, and the optimizer state stays for a restored JSON to name again."""
+        from unet.checkpoint import last_path
+        run = shutil.copytree(os.path.dirname(ws.ckpt), os.path.join(f, "ck"))
+        last = last_path(os.path.join(run, "unet.params"))
+        states = os.path.join(run, read_json(last + ".json")["optimizer_state"]["file"])
+        os.remove(last + ".json")
+        argv = ws.train_args(ws.data, os.path.join(run, "unet.params"), epochs=2) \
+            + ["--checkpoint", "load"]
+        return error_case("segmenter", argv, also=lambda: None if os.path.exists(states)
+                          else "the optimizer state was deleted")
+    yield "segmenter: resume from a last checkpoint without its JSON", without_json
+
     def states(last, run, payload):
         name = read_json(last + ".json")["optimizer_state"]["file"]
         write(os.path.join(run, name), payload)
@@ -692,10 +707,59 @@ def case_names():
     return [name for name, _ in hostile_cases(_Names())]
 
 
+def output_path_cases(ws):
+    """Outputs that cannot be written, or would replace an input: refused before any work."""
+    def left_empty(folder, *keep):
+        def check():
+            extra = sorted(set(os.listdir(folder)) - set(keep))
+            return f"the failed run left {extra}" if extra else None
+        return check
+
+    def checkpoint_folder(f):
+        folder = os.path.join(f, "ck")
+        os.makedirs(folder)
+        return error_case("segmenter", ws.train_args(ws.data, folder), "ck is a folder",
+                          also=left_empty(f, "ck"))
+    yield "segmenter: checkpoint file that is a folder", checkpoint_folder
+
+    def under_a_file(f):
+        plain = write(os.path.join(f, "plain"), b"x")
+        return error_case("segmenter", ws.train_args(ws.data, os.path.join(plain, "u.params")),
+                          "plain", also=left_empty(f, "plain"))
+    yield "segmenter: checkpoint file under a regular file", under_a_file
+
+    def log_dir_a_file(f):
+        plain = write(os.path.join(f, "plain"), b"x")
+        argv = ws.train_args(ws.data, os.path.join(f, "ck", "u.params")) + ["--log-dir", plain]
+        return error_case("segmenter", argv, "log", "plain")
+    yield "segmenter: log folder that is a regular file", log_dir_a_file
+
+    def onto_the_input(f):
+        image = shutil.copy(ws.image, os.path.join(f, "in.png"))
+        with open(image, "rb") as handle:
+            before = handle.read()
+
+        def unchanged():
+            with open(image, "rb") as handle:
+                return None if handle.read() == before else "the input image was overwritten"
+        return error_case("evaluate", ["--image", image, "--network-param", ws.ckpt,
+                                       "--output", image], "in.png", "input",
+                          also=unchanged)
+    yield "evaluate: output that is the input image", onto_the_input
+
+    def export_under_a_file(f):
+        plain = write(os.path.join(f, "plain"), b"x")
+        return error_case("evaluate", ["--network-param", ws.ckpt, "--export",
+                                       os.path.join(plain, "net")], "plain",
+                          also=left_empty(f, "plain"))
+    yield "evaluate: export under a regular file", export_under_a_file
+
+
 def hostile_cases(ws):
     """``[(name, build)]``; ``build(folder) -> (cli, argv, check)``."""
     return [case for group in (evaluate_image_cases, evaluate_checkpoint_cases,
-                               training_data_cases, resume_cases) for case in group(ws)]
+                               training_data_cases, resume_cases, output_path_cases)
+            for case in group(ws)]
 
 
 def run_case(ws, name, build):

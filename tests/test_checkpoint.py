@@ -362,3 +362,33 @@ def test_weights_file_is_what_gluon_writes(make_net, tmp_path):
     net.save_parameters(str(tmp_path / "gluon.params"))
     ckpt.save_weights(net, str(tmp_path / "ours.params"))
     assert (tmp_path / "ours.params").read_bytes() == (tmp_path / "gluon.params").read_bytes()
+
+
+def _stale_folder(tmp_path, last_json):
+    """A checkpoint folder with the last weights, ``last_json`` as their JSON (None: no JSON),
+    a states file that JSON names, an older one it does not, and a killed write's temp file."""
+    (tmp_path / "unet-last.params").write_bytes(b"weights")
+    if last_json is not None:
+        (tmp_path / "unet-last.params.json").write_text(last_json)
+    for name in ("unet-last-step6.states", "unet-last-step3.states",
+                 ".unet-last.params.tmp1234"):
+        (tmp_path / name).write_bytes(b"x")
+    return str(tmp_path / "unet.params")
+
+
+def test_remove_stale_files_removes_only_what_no_json_names(tmp_path):
+    checkpoint = _stale_folder(tmp_path, json.dumps(
+        {"optimizer_state": {"file": "unet-last-step6.states"}}))
+    removed = ckpt.remove_stale_files(checkpoint)
+    assert sorted(removed) == [".unet-last.params.tmp1234", "unet-last-step3.states"]
+    assert sorted(os.listdir(tmp_path)) == ["unet-last-step6.states", "unet-last.params",
+                                            "unet-last.params.json"]
+
+
+@pytest.mark.parametrize("last_json", [None, "{not json"], ids=["json-missing", "json-corrupt"])
+def test_remove_stale_files_keeps_the_states_when_a_json_is_unreadable(tmp_path, last_json):
+    # A damaged checkpoint is refused when resumed; the optimizer state must survive that, so
+    # that a restored JSON resumes (found by an audit: the resume deleted it before refusing).
+    checkpoint = _stale_folder(tmp_path, last_json)
+    assert ckpt.remove_stale_files(checkpoint) == [".unet-last.params.tmp1234"]
+    assert {"unet-last-step6.states", "unet-last-step3.states"} <= set(os.listdir(tmp_path))

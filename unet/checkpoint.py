@@ -150,9 +150,10 @@ def commit_checkpoint(prepared, meta):
     if prepared.optimizer_state is not None:
         meta["optimizer_state"] = prepared.optimizer_state
     pending = meta_path(path) + ".pending"
-    params_renamed = False
+    pending_written = params_renamed = False
     try:
         write_json(pending, meta)
+        pending_written = True
         faults.point("checkpoint.params_written")
         os.replace(prepared.weights_tmp, path)      # fsync'ed by prepare_checkpoint
         params_renamed = True       # from here the pending JSON names the new files
@@ -165,6 +166,9 @@ def commit_checkpoint(prepared, meta):
         # that the pending JSON names them and readers accept that JSON.
         if not params_renamed:
             discard_checkpoint(prepared)
+            if pending_written:
+                with contextlib.suppress(OSError):
+                    os.remove(pending)
         raise
     new_states = (prepared.optimizer_state or {}).get("file")
     if prepared.old_states and prepared.old_states != new_states:
@@ -253,24 +257,31 @@ def remove_stale_files(checkpoint_file):
 
     That is hidden temporary files of this run's checkpoint names, and ``-stepN.states`` files
     that no JSON (committed or pending) names. Call it only while holding the run's lock.
+
+    A ``.states`` file is kept while a checkpoint's JSON is unreadable, or missing beside its
+    weights: no kill leaves that, and the optimizer state is then the user's to recover (a
+    restored JSON names it again), not ours to judge.
     """
     folder = os.path.dirname(os.path.abspath(checkpoint_file))
     best, last = os.path.basename(checkpoint_file), os.path.basename(last_path(checkpoint_file))
     prefixes = [f".{name}." for name in (best, last)]
     states_prefix = os.path.splitext(last)[0] + "-step"
     prefixes.append("." + states_prefix)
-    referenced = set()
+    referenced, metas_intact = set(), True
     for name in (best, last):
-        for meta_file in (meta_path(name), meta_path(name) + ".pending"):
+        metas = [os.path.join(folder, meta_path(name) + suffix) for suffix in ("", ".pending")]
+        if os.path.exists(os.path.join(folder, name)) and not any(map(os.path.exists, metas)):
+            metas_intact = False
+        for meta_file in filter(os.path.exists, metas):
             try:
-                with open(os.path.join(folder, meta_file), encoding="utf-8") as handle:
+                with open(meta_file, encoding="utf-8") as handle:
                     referenced.add(json.load(handle).get("optimizer_state", {}).get("file"))
             except (OSError, ValueError, AttributeError):
-                pass
+                metas_intact = False
     removed = []
     for name in os.listdir(folder):
         stale_temp = any(name.startswith(p) for p in prefixes) and ".tmp" in name
-        orphan = name.startswith(states_prefix) and name.endswith(".states") \
+        orphan = metas_intact and name.startswith(states_prefix) and name.endswith(".states") \
             and name not in referenced
         if stale_temp or orphan:
             try:

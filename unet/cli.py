@@ -78,6 +78,10 @@ def run_guarded(body):
     except ValueError as exc:        # a bad option value caught by a config's validation
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except OSError as exc:           # a path the checks above did not foresee
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
+        return 2
     except MemoryError as exc:
         sys.stderr.write(f"error: out of memory{': ' + str(exc) if str(exc) else ''}\n")
         return 1

@@ -98,7 +98,7 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
         image = read_image(sample.image_path)
         prediction = segmenter.predict(image, display_path(sample.image_path))
         write_outputs(prediction, image, default_mask_path(sample.image_path, output_dir),
-                      overlay, probabilities)
+                      overlay, probabilities, source_path=sample.image_path)
         if sample.mask_path is None:
             continue
         target = read_target(segmenter, sample.mask_path, image.shape[:2])

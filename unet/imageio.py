@@ -28,6 +28,10 @@ MAX_PIXELS = 100_000_000
 _PIL_EXACT = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L",
               "I;16N", "F"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# A file cv2 cannot decode is our one-line InputError; its own warnings would come first.
+cv2.setLogLevel(0)
 
 
 def display_path(path):
@@ -82,7 +86,11 @@ def _needs_cv2(image):
     return any(";16" in str(tile.args) for tile in image.tile) and not image.mode.startswith("I")
 
 
-def _cv2_decode(name, data):
+def _cv2_decode(name, data, identified=True):
+    """``identified``: whether PIL could read the header. A PNG it could not is corrupt, and
+    cv2 is not asked: its libpng prints its complaints on stderr, past any log level."""
+    if not identified and data.startswith(_PNG_SIGNATURE):
+        raise InputError(f"{name}: a corrupt PNG (cannot decode its header)")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise InputError(f"{name}: not an image, or truncated/corrupt (cannot decode)")
@@ -143,7 +151,7 @@ def _decode(path, as_mask):
                     if image.format != "TIFF":  # PIL lacks some TIFF codecs that cv2 has
                         raise
         handle.seek(0)
-        array = _cv2_decode(name, handle.read())
+        array = _cv2_decode(name, handle.read(), identified=image is not None)
     if image is not None:
         gray_png = any(str(tile.args).startswith("LA;") for tile in image.tile)  # PIL: RGBA
         if (image.mode in _GRAY_MODES or gray_png) and array.ndim == 3:
@@ -237,7 +245,7 @@ def image_size(path):
         image = _open_lazy(name, handle)
         if image is None:
             handle.seek(0)
-            array = _cv2_decode(name, handle.read())
+            array = _cv2_decode(name, handle.read(), identified=False)
             return int(array.shape[0]), int(array.shape[1])
     return int(image.height), int(image.width)
 

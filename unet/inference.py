@@ -248,7 +248,8 @@ def default_mask_path(image_path, folder=None):
                         f"{stem}_mask.png")
 
 
-def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None):
+def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None,
+                  source_path=None):
     """Write the mask at ``mask_path`` and optionally the overlay and probability map beside it.
 
     Parameters
@@ -262,6 +263,9 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
         Also write ``NAME_overlay.png``.
     probabilities : {None, 'png16', 'npy'}, default None
         Also write the foreground probability as a 16-bit PNG (0..65535) or a float32 ``.npy``.
+    source_path : str, optional
+        The input image's file: :class:`InputError`, and nothing written, if an output would
+        replace it.
 
     Returns
     -------
@@ -272,6 +276,12 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
         raise ValueError(f"probabilities must be one of {PROBABILITY_FORMATS} or None, "
                          f"got {probabilities!r}")
     paths = output_paths(mask_path)
+    if source_path is not None:
+        wanted = [paths["mask"]] + [paths["overlay"]] * overlay + [paths.get(probabilities)]
+        for path in filter(None, wanted):
+            if os.path.exists(path) and os.path.samefile(path, source_path):
+                raise InputError(f"{display_path(path)}: the output would replace the input "
+                                 f"image; choose another output path")
     write_png(paths["mask"], prediction.mask)
     written = [paths["mask"]]
     if overlay:
@@ -300,7 +310,8 @@ def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=
     """Read ``image_path``, segment it, write the outputs; returns ``(prediction, written)``."""
     image = read_image(image_path)
     prediction = segmenter.predict(image, display_path(image_path))
-    return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities)
+    return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities,
+                                     source_path=image_path)
 
 
 def contexts(gpu_ids):

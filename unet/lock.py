@@ -16,7 +16,11 @@ class RunLock:
 
     def __init__(self, path, what):
         self.path = os.fspath(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {self.path} of {what}: "
+                             f"{exc.strerror}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -104,7 +104,7 @@ def train(cfg):
     loss, ``KeyboardInterrupt`` after saving the state when interrupted, and :class:`WorkerDied`
     after saving it when a data-loader worker died.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.checkpoint_file)), exist_ok=True)
+    _make_output_folders(cfg.checkpoint_file, cfg.log_dir)
     if cfg.recompute:
         use_lean_allocator()
     seed_everything(cfg.seed)
@@ -125,6 +125,20 @@ def train(cfg):
     finally:
         run.close()
     return run.saver.last_meta
+
+
+def _make_output_folders(checkpoint_file, log_dir):
+    """Make the checkpoint's and the logs' folders now: a bad path is one line before any work."""
+    if checkpoint_file.endswith(os.sep) or os.path.isdir(checkpoint_file):
+        raise InputError(f"checkpoint file {checkpoint_file} is a folder; name a file in it, "
+                         f"such as {os.path.join(checkpoint_file, 'unet_best.params')}")
+    for what, folder in (("checkpoint", os.path.dirname(os.path.abspath(checkpoint_file))),
+                         ("log", log_dir)):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the {what} folder {folder}: {exc.strerror}") \
+                from None
 
 
 @contextlib.contextmanager
