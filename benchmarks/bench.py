@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from unet.cli import OneLineParser  # noqa: E402  (imports unet, not mxnet: as the CLIs, first)
+
 TASKS = ("train", "infer", "data", "epoch", "tiled")
 STEP_TASKS = ("train", "infer")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
@@ -47,7 +50,6 @@ def machine_info():
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    sys.path.insert(0, str(ROOT))
     from unet import amx, threads   # as the CLIs: unet's defaults (threads, AMX) reach the rows
     try:
         from importlib.metadata import version
@@ -449,7 +451,6 @@ NEEDS = {"data": "unet.dataset", "epoch": "unet.train", "tiled": "unet.tiling"}
 def child(spec):
     """Measure one row in this (fresh) process; returns the row dict."""
     import importlib
-    sys.path.insert(0, str(ROOT))
     import unet      # noqa: F401  (before mxnet, as the CLIs: threads and AMX, unet.amx)
     import cv2
     cv2.setNumThreads(0)
@@ -589,24 +590,33 @@ def format_table(rows):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS))
+    p = OneLineParser(description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS),
+                   help="what to time (default: all): train (a training step), infer (a "
+                        "forward pass), data (the loader), epoch (a short unet.train run), tiled "
+                        "(overlap-tiled inference); a row per task, size and channel count")
     p.add_argument("--size", nargs="+", type=int, default=None,
-                   help="image side (default 256 512; data/epoch 256; tiled: the tile, 512)")
-    p.add_argument("--channels", nargs="+", type=int, default=None, help="default 1 3")
-    p.add_argument("--batch", type=int, default=1, help="images per step (tiled: tiles per pass)")
-    p.add_argument("--repeat", type=int, default=5, help="timed calls per row (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+                   help="image side, a multiple of 2**depth (default 256 512; data/epoch 256; "
+                        "tiled: the tile, 512)")
+    p.add_argument("--channels", nargs="+", type=int, default=None,
+                   help="input channels (default 1 3; data/epoch/tiled 1); data/epoch: 1 or 3")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per step (tiled: tiles per pass), >= 1 (default 1)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per row, >= 1 (default 5)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls first, >= 0 (default 2; the first call is always one)")
     p.add_argument("--quick", action="store_true",
                    help="repeat 3, warmup 1, 256x256 only, 1 channel: a fast look")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead")
     g = p.add_argument_group("variants (levers)")
     g.add_argument("--amp", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="bf16: mxnet.contrib.amp (train: amp.init; infer: convert_hybrid_block); "
-                        "int8: inference only, as evaluate.py --amp int8 (quantize_net_v2, "
-                        "calibrated on 4 random tiles)")
-    g.add_argument("--norm", choices=("layer", "batch"), default="layer")
+                   help="precision (default fp32); bf16: mxnet.contrib.amp (train: amp.init; "
+                        "infer: convert_hybrid_block); int8: inference only, as evaluate.py "
+                        "--amp int8 (quantize_net_v2, calibrated on 4 random tiles)")
+    g.add_argument("--norm", choices=("layer", "batch"), default="layer",
+                   help="the model's normalization (default layer: nn.LayerNorm over the width, "
+                        "as the reference; batch: BatchNorm)")
     g.add_argument("--fast-norm", action="store_true",
                    help="unet.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
     g.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
@@ -625,20 +635,58 @@ def build_parser():
     g.add_argument("--no-static", dest="static", action="store_false",
                    help="hybridize without static_alloc/static_shape")
     g.add_argument("--threads", type=int, default=0,
-                   help="OMP_NUM_THREADS (default: the environment's, else one per physical core "
-                        "as segmenter.py and evaluate.py use)")
+                   help="OMP_NUM_THREADS, >= 0 (default 0: the environment's, else one per "
+                        "physical core as segmenter.py and evaluate.py use)")
     g.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the child processes, e.g. MALLOC_ARENA_MAX=2")
+                   help="extra environment for the child processes, e.g. MALLOC_ARENA_MAX=2; "
+                        "repeatable (default none)")
     g = p.add_argument_group("model and data")
-    g.add_argument("--base-channels", type=int, default=64)
-    g.add_argument("--depth", type=int, default=4)
-    g.add_argument("--workers", type=int, default=2, help="data/epoch loader workers (default 2)")
-    g.add_argument("--epoch-images", type=int, default=16, help="data/epoch images (default 16)")
-    g.add_argument("--overlap", type=int, default=None, help="tiled: overlap (default tile/4)")
-    g.add_argument("--tiled-image", type=int, default=2048, help="tiled: image side (default 2048)")
-    g.add_argument("--timeout", type=int, default=1800, help="seconds per row (default 1800)")
+    g.add_argument("--base-channels", type=int, default=64,
+                   help="channels of the first stage, doubled by each down-sampling (default 64)")
+    g.add_argument("--depth", type=int, default=4,
+                   help="down-sampling stages, 1 to 10 (default 4)")
+    g.add_argument("--workers", type=int, default=2,
+                   help="data/epoch loader worker processes, >= 0 (default 2)")
+    g.add_argument("--epoch-images", type=int, default=16,
+                   help="data/epoch training images, >= 1 (default 16)")
+    g.add_argument("--overlap", type=int, default=None,
+                   help="tiled: overlap of the tiles in pixels, in [0, tile) (default tile/4)")
+    g.add_argument("--tiled-image", type=int, default=2048,
+                   help="tiled: image side, >= 1 (default 2048)")
+    g.add_argument("--timeout", type=int, default=1800,
+                   help="seconds per row's process, >= 1 (default 1800)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
+
+
+MINIMUM = {"repeat": 1, "warmup": 0, "batch": 1, "threads": 0, "workers": 0, "epoch_images": 1,
+           "tiled_image": 1, "timeout": 1}
+CONFIG_FLAGS = {"in_channels": "--channels", "image_size": "--size", "base_channels":
+                "--base-channels", "depth": "--depth"}
+
+
+def check_arguments(parser, args):
+    """Every value in range before any child starts; else ``parser.error`` (one line, exit 2).
+    Sizes, channels, base channels and depth: the rows' own ``ModelConfig``."""
+    for name, low in MINIMUM.items():
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    for item in args.env:
+        key, equals, _ = item.partition("=")
+        if not (key and equals):
+            parser.error(f"--env takes KEY=VALUE, got {item!r}")
+    for spec in row_specs(args):
+        try:
+            model_config(spec, spec["size"])
+        except ValueError as exc:   # "image_size 30 is not ..." -> "--size 30 is not ..."
+            name, _, rest = str(exc).partition(" ")
+            parser.error(f"{CONFIG_FLAGS.get(name, name)} {rest}")
+        if spec["task"] in ("data", "epoch") and spec["channels"] not in (1, 3):
+            parser.error(f"--channels must be 1 or 3 for the {spec['task']} task, "
+                         f"got {spec['channels']}")
+        if spec["task"] == "tiled" and not 0 <= (spec["overlap"] or 0) < spec["size"]:
+            parser.error(f"--overlap must be in [0, tile size {spec['size']}), "
+                         f"got {spec['overlap']}")
 
 
 def main(argv=None):
@@ -658,11 +706,7 @@ def main(argv=None):
     args.size_given, args.channels_given = args.size is not None, args.channels is not None
     args.size = args.size or [256, 512]
     args.channels = args.channels or [1, 3]
-    for name in ("repeat", "batch", "base_channels", "depth", "epoch_images"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if any(item.count("=") < 1 for item in args.env):
-        parser.error(f"--env takes KEY=VALUE, got {args.env}")
+    check_arguments(parser, args)
     info = machine_info()
     rows = []
     if not args.json:

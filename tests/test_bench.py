@@ -72,10 +72,40 @@ def test_table_has_machine_line_and_a_row():
     assert any(line.startswith("| infer | 32") and "fp32 batch" in line for line in lines)
 
 
-def test_bad_arguments_exit_2():
-    assert run_script("--repeat", "0").returncode == 2
-    assert run_script("--task", "nope").returncode == 2
-    assert run_script("--env", "NOEQUALS").returncode == 2
+# Each is checked before any child starts; without the check most ran a tiny row (exit 0 or 1).
+BAD_ARGUMENTS = [["--size", "30"], ["--size", "0"], ["--size", "x"], ["--timeout", "0"],
+                 ["--task", "tiled", "--overlap", "-5"], ["--task", "tiled", "--overlap", "32"],
+                 ["--task", "tiled", "--tiled-image", "0"], ["--task", "data", "--workers", "-1"],
+                 ["--task", "data", "--channels", "2"], ["--task", "data", "--epoch-images", "0"],
+                 ["--warmup", "-1"], ["--threads", "-1"], ["--env", "=x"], ["--env", "NOEQUALS"],
+                 ["--depth", "0"], ["--depth", "11"], ["--base-channels", "0"], ["--channels", "0"],
+                 ["--batch", "0"], ["--repeat", "0"], ["--task", "foo"]]
+
+
+@pytest.mark.parametrize("bad", BAD_ARGUMENTS, ids=" ".join)
+def test_bad_arguments_give_one_line_and_exit_2(bad):
+    done = run_script("--task", "infer", "--size", "32", "--tiled-image", "64",
+                      "--epoch-images", "2", "--workers", "0", *TINY, *bad)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench.py: error: "), lines
+    assert lines[0].endswith("(see --help)")
+
+
+def test_help_explains_every_flag(bench):
+    done = run_script("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for action in bench.build_parser()._actions:
+        if action.help == bench.argparse.SUPPRESS:      # --child, internal
+            continue
+        assert action.help, action.option_strings
+        assert action.nargs == 0 or "default" in action.help, action.option_strings
+        assert any(flag in text for flag in action.option_strings)
+    for help_text in ("what to time (default: all)", "the model's normalization (default layer",
+                      "channels of the first stage", "down-sampling stages, 1 to 10 (default 4)"):
+        assert help_text in text
 
 
 def test_conv_flops_of_the_default_model(bench):
