@@ -67,20 +67,21 @@ def build_parser():
                              "compiled Winograd kernel (unet/native, about 2x faster, the same "
                              "probabilities up to float rounding; compiled on first use, and "
                              "skipped with a warning where it cannot be)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="foreground probability threshold of a binary model (default: 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="foreground probability threshold of a binary model (default: 0.5; "
+                             "refused for a model of more classes, which takes the argmax)")
     defaults = CellSplitting()
     parser.add_argument("--split-cells", action="store_true",
                         help="separate touching cells of a binary model: a seeded watershed on "
                              "the cell probability draws a 1-pixel membrane where two cells meet "
                              "through a gap (lowers the Rand error; not in the reference)")
-    parser.add_argument("--seed-threshold", type=float, default=defaults.seed_threshold,
+    parser.add_argument("--seed-threshold", type=float, default=None,
                         help="with --split-cells: cell probability of the cell cores that seed "
                              f"the watershed (default: {defaults.seed_threshold})")
-    parser.add_argument("--min-seed-size", type=int, default=defaults.min_seed_size,
+    parser.add_argument("--min-seed-size", type=int, default=None,
                         help="with --split-cells: smallest core in pixels that seeds a cell "
                              f"(default: {defaults.min_seed_size})")
-    parser.add_argument("--min-hole-size", type=int, default=defaults.min_hole_size,
+    parser.add_argument("--min-hole-size", type=int, default=None,
                         help="with --split-cells: membrane specks inside a cell up to this many "
                              f"pixels become cell; 0 keeps them (default: {defaults.min_hole_size})")
     parser.add_argument("--export", metavar="PREFIX",
@@ -97,7 +98,7 @@ def check_options(args):
                          f"checkpoints")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.overlap is not None and args.overlap < 0:
         raise InputError(f"--overlap must be non-negative, got {args.overlap}")
@@ -105,10 +106,19 @@ def check_options(args):
 
 def cell_splitting(args):
     """The CellSplitting of the flags, or None without --split-cells."""
+    given = {"--seed-threshold": args.seed_threshold, "--min-seed-size": args.min_seed_size,
+             "--min-hole-size": args.min_hole_size}
+    given = {flag: value for flag, value in given.items() if value is not None}
     if not args.split_cells:
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --split-cells")
         return None
+    defaults = CellSplitting()
     try:
-        return CellSplitting(args.seed_threshold, args.min_seed_size, args.min_hole_size)
+        return CellSplitting(
+            defaults.seed_threshold if args.seed_threshold is None else args.seed_threshold,
+            defaults.min_seed_size if args.min_seed_size is None else args.min_seed_size,
+            defaults.min_hole_size if args.min_hole_size is None else args.min_hole_size)
     except ValueError as err:
         raise InputError(f"--split-cells: {err}") from None
 
@@ -152,7 +162,7 @@ def run(args):
         splitting = segmenter.cell_splitting
         checkpoints = [os.path.abspath(p) for p in args.network_param]
         info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
-                "tta": args.tta, "threshold": args.threshold, "num_images": len(samples),
+                "tta": args.tta, "threshold": segmenter.threshold, "num_images": len(samples),
                 "split_cells": splitting.to_dict() if splitting else None}
         paths = write_metrics(output, rows, info)
         print(format_table(rows))

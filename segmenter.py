@@ -56,8 +56,12 @@ def build_parser():
                    help="random crops per epoch (default: one per training image)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default adam)")
-    t.add_argument("--learning-rate", type=float, default=1e-3, help="(default 0.001)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="the Gluon optimizer that updates the weights (default adam, as the "
+                        "reference)")
+    t.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="the optimizer's initial step size; --lr-schedule changes it per epoch "
+                        "(default 0.001)")
     t.add_argument("--momentum", type=float, default=0.9, help="for sgd and nag (default 0.9)")
     t.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
     t.add_argument("--lr-decay", type=float, default=0.1,
@@ -69,8 +73,12 @@ def build_parser():
                         "reference's); cosine: anneal from --learning-rate towards 0 over "
                         "--num-epochs (half a cosine, per epoch; with --time-limit, set "
                         "--num-epochs to the epochs that fit)")
-    t.add_argument("--batch-size", type=int, default=2, help="(default 2)")
-    t.add_argument("--num-epochs", type=int, default=50, help="(default 50)")
+    t.add_argument("--batch-size", type=int, default=2,
+                   help="crops per training step, split over the devices (at least one each); "
+                        "also the tiles per pass at validation (default 2)")
+    t.add_argument("--num-epochs", type=int, default=50,
+                   help="epochs to train, counted from the first when resuming; each ends with "
+                        "validation and a checkpoint (default 50)")
     t.add_argument("--loss", choices=LOSSES, default="ce",
                    help="softmax cross-entropy, soft Dice, or their sum (default ce)")
     t.add_argument("--class-weights", type=float_list, default=None,
@@ -129,7 +137,8 @@ def build_parser():
 
     c = p.add_argument_group("checkpoints and logs")
     c.add_argument("--checkpoint", choices=("new", "load"), default="new",
-                   help="'new' starts from scratch, 'load' resumes from the last checkpoint")
+                   help="'new' starts from scratch, 'load' resumes from the last checkpoint "
+                        "(default new)")
     c.add_argument("--checkpoint-file", default="./unet_best.params",
                    help="best checkpoint; the last one is written beside it as NAME-last.params "
                         "(default ./unet_best.params)")

@@ -94,6 +94,7 @@ def test_damaged_params_file(make_net, make_meta, tmp_path, damage):
 def test_missing_params_and_missing_json(make_net, make_meta, tmp_path):
     _, path = saved(make_net, make_meta, tmp_path)
     one_line_error(lambda: ckpt.read_meta(str(tmp_path / "none.params")), "none.params")
+    one_line_error(lambda: ckpt.read_meta(str(tmp_path)), str(tmp_path), "is a folder")
     os.remove(ckpt.meta_path(path))
     one_line_error(lambda: ckpt.load_for_inference(path), path, ckpt.meta_path(path))
 

@@ -134,6 +134,14 @@ def break_dataset(root, case):
         for path in v_mask.iterdir():
             path.unlink()
         return "validate/image", "no images"
+    if case == "folder_as_image":
+        (t_img / "s1.png").unlink()
+        (t_img / "s1.png").mkdir()
+        return "train/image/s1.png", "a folder named like an image"
+    if case == "one_colour_mask":
+        mask = blob_pair((40, 36), 2)[1]
+        write(t_mask / "s2.png", np.dstack([mask, np.zeros_like(mask), np.zeros_like(mask)]))
+        return "train/mask/s2.png", "a colour mask among gray ones"
     if case == "too_small":
         write(t_img / "s0.png", np.zeros((40, 10), np.uint8))
         write(t_mask / "s0.png", np.zeros((40, 10), np.uint8))
@@ -143,7 +151,7 @@ def break_dataset(root, case):
 
 @pytest.mark.parametrize("case", ["size_mismatch", "text_image", "truncated_mask", "bad_values",
                                   "mixed_binary", "channels", "validate_values", "empty_validate",
-                                  "too_small"])
+                                  "too_small", "folder_as_image", "one_colour_mask"])
 def test_prepare_data_errors_name_the_file(tmp_path, case):
     root = make_dataset(tmp_path / "data")
     where, words = break_dataset(root, case)

@@ -166,6 +166,9 @@ def run_main(argv):
     (["--summary", "--norm", "group"], ["group"]),
     (["--summary", "--image-size", "500"], ["500", "496", "512"]),
     (["--summary", "--dropout", "1.5"], ["1.5"]),
+    (["--data-dir", "/nonexistent", "--class-weights", "0,0"], ["class-weights", "not all 0"]),
+    (["--data-dir", "/nonexistent", "--cpu-contexts", "3", "--batch-size", "2"],
+     ["batch-size", "2"]),
 ])
 def test_segmenter_bad_flag_is_one_line_exit_2(capsys, argv, names):
     assert run_main(argv) == 2

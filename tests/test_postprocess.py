@@ -105,11 +105,22 @@ def test_bad_split_flags_give_one_line(tmp_path, capsys, checkpoint, flags, word
     assert word in line
 
 
-def test_a_multiclass_model_cannot_split_cells():
+def test_a_multiclass_model_cannot_split_cells_nor_take_a_threshold():
     from unet.errors import InputError
     from unet.inference import Segmenter
     with pytest.raises(InputError, match="binary model"):
         Segmenter(None, {"model": {"num_classes": 3}}, cell_splitting=CellSplitting())
+    with pytest.raises(InputError, match="threshold is for a binary model"):
+        Segmenter(None, {"model": {"num_classes": 3}}, threshold=0.9)
+
+
+@pytest.mark.parametrize("flags", [["--seed-threshold", "0.9"], ["--min-seed-size", "-3"],
+                                   ["--min-hole-size", "5", "--seed-threshold", "0.5"]])
+def test_split_flags_without_split_cells_are_refused(tmp_path, capsys, checkpoint, flags):
+    dataset(tmp_path / "data", [(40, 40)], masked={0})
+    line = one_line_error(capsys, "--data-dir", tmp_path / "data", "--network-param",
+                          checkpoint, *flags)
+    assert "only apply with --split-cells" in line and flags[0] in line
 
 
 def test_membrane_at_the_border_and_diagonal_membranes_are_never_filled():

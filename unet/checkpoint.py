@@ -322,6 +322,8 @@ def read_meta(path):
     is not a unet checkpoint config.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder; name its .params file")
     if not os.path.isfile(path):
         raise InputError(f"checkpoint {path} does not exist")
     candidates = [meta_path(path), meta_path(path) + ".pending"]

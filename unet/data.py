@@ -42,7 +42,12 @@ def _image_files(folder):
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
         stem, suffix = os.path.splitext(entry)
-        if entry.startswith(".") or os.path.isdir(path):
+        if entry.startswith("."):
+            continue
+        if os.path.isdir(path):
+            if suffix.lower() in IMAGE_SUFFIXES:
+                raise InputError(f"{display_path(path)}: a folder named like an image; "
+                                 f"move it out of {display_path(folder)}")
             continue
         if suffix.lower() not in IMAGE_SUFFIXES:
             ignored.append(entry)
@@ -225,6 +230,14 @@ def _encoding_or_culprit(values_by_mask, num_classes, colormap):
         return infer_encoding(union, num_classes, colormap)
     except InputError as err:
         if any(isinstance(v, tuple) for v in union) and colormap is None:
+            coloured = {path: any(isinstance(v, tuple) for v in values)
+                        for path, values in values_by_mask.items()}
+            first = next(iter(coloured.values()))
+            odd = next((path for path, colour in coloured.items() if colour != first), None)
+            if odd is not None:
+                kinds = ("colour", "gray") if coloured[odd] else ("gray", "colour")
+                raise InputError(f"{display_path(odd)}: a {kinds[0]} mask among {kinds[1]} "
+                                 "ones; all masks must be saved alike") from None
             folder = os.path.dirname(next(iter(values_by_mask)))
             raise InputError(f"{display_path(folder)}: {err}") from None
         seen = set()

@@ -115,11 +115,16 @@ class Segmenter:
     own network, tile size and input normalization) are averaged before the threshold.
     """
 
-    def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=0.5, overlap=None,
-                 cell_splitting=None, amp="fp32", winograd=True):
+    def __init__(self, net, meta, ctx=None, batch_size=4, tta=False, threshold=None,
+                 overlap=None, cell_splitting=None, amp="fp32", winograd=True):
+        binary = int(meta["model"]["num_classes"]) == 2
+        if threshold is not None and not binary:
+            raise InputError(f"a threshold is for a binary model; this one has "
+                             f"{meta['model']['num_classes']} classes and takes the argmax")
+        threshold = 0.5 if threshold is None else threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-        if cell_splitting is not None and int(meta["model"]["num_classes"]) != 2:
+        if cell_splitting is not None and not binary:
             raise InputError(f"splitting cells needs a binary model; this one has "
                              f"{meta['model']['num_classes']} classes")
         self.cell_splitting = cell_splitting

@@ -259,6 +259,6 @@ def _infer_colour(found, num_classes, colormap):
         return encoding
     if len(colours) != num_classes:
         raise InputError(f"colour masks show {len(colours)} colours ({listing(colours)}) but "
-                         f"num_classes is {num_classes}: pass a colormap of {num_classes} "
-                         "[r, g, b] colours, one per class")
+                         f"num_classes is {num_classes}: each class needs one colour "
+                         "(--num-classes sets the number of classes)")
     return MaskEncoding("color", [], [list(c) for c in sorted(colours)])

@@ -68,6 +68,8 @@ def contexts(cfg):
 
 def _resume_meta(cfg):
     last = ckpt.last_path(cfg.checkpoint_file)
+    if os.path.isdir(last):
+        raise InputError(f"--checkpoint=load: {last} is a folder, not a checkpoint")
     if not os.path.isfile(last):
         raise InputError(f"--checkpoint=load: no checkpoint to resume at {last} "
                          f"(start with --checkpoint=new)")

@@ -88,11 +88,16 @@ class TrainConfig:
             (self.epoch_size is None or self.epoch_size >= 1, "epoch-size must be >= 1",
              self.epoch_size),
             (self.cpu_contexts >= 1, "cpu-contexts must be >= 1", self.cpu_contexts),
+            (self.batch_size >= (len(self.gpu_ids) or self.cpu_contexts), "batch-size must be at "
+             "least the number of devices it is split over (--gpu-id, --cpu-contexts)",
+             self.batch_size),
             (self.kvstore in KVSTORES, f"kvstore must be one of {KVSTORES}", self.kvstore),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}", self.loss),
             (self.class_weights is None or (len(self.class_weights) == self.model.num_classes
-                                            and all(w >= 0 for w in self.class_weights)),
-             f"class-weights needs {self.model.num_classes} non-negative values", self.class_weights),
+                                            and all(w >= 0 for w in self.class_weights)
+                                            and any(w > 0 for w in self.class_weights)),
+             f"class-weights needs {self.model.num_classes} non-negative values, not all 0",
+             self.class_weights),
             (self.w0 >= 0 and self.sigma > 0, "weight map needs w0 >= 0 and sigma > 0",
              (self.w0, self.sigma)),
             (self.boundary_weight >= 0 and self.boundary_sigma > 0, "boundary band needs "
