@@ -623,8 +623,9 @@ def build_parser():
                    help="training: MXNet's layer norms (or --fast-norm's) instead of the compiled "
                         "kernel of unet.native that segmenter.py uses on CPUs")
     g.add_argument("--no-winograd", dest="winograd", action="store_false",
-                   help="inference in fp32: MXNet's own 3x3 convolutions instead of the compiled "
-                        "Winograd kernel of unet.native that evaluate.py uses on CPUs")
+                   help="fp32 rows, training and inference: MXNet's own 3x3 convolutions "
+                        "instead of the compiled Winograd kernels of unet.native, the default "
+                        "of segmenter.py and evaluate.py on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
     g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")

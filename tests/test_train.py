@@ -292,9 +292,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     code, _ = run(["--num-epochs", "3", "--checkpoint", "load", "--learning-rate", "1e30",
                    "--optimizer", "sgd"], tmp_path, demo)
     err = capsys.readouterr().err
-    assert code == 3 and "loss became" in err
+    assert code == 3 and "loss became" in err and f"{last_path(ckpt)} is kept" in err
     assert open(last_path(ckpt), "rb").read() == before
     json.loads(open(str(last_path(ckpt)) + ".json").read())
+    # A run that diverges before its first checkpoint does not claim one is kept.
+    code, _ = run(["--num-epochs", "1", "--learning-rate", "1e30", "--optimizer", "sgd",
+                   "--checkpoint-file", str(tmp_path / "other" / "u.params")], tmp_path, demo)
+    err = capsys.readouterr().err
+    assert code == 3 and "no checkpoint had been written yet" in err and "is kept" not in err
 
 
 def test_geometry_flag_reaches_the_training_set(tmp_path, demo, monkeypatch):

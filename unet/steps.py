@@ -4,6 +4,7 @@
 to TensorBoard and stops with :class:`~unet.errors.TrainingDiverged` on a NaN or infinite loss.
 """
 import math
+import os
 import time
 
 import mxnet as mx
@@ -31,10 +32,12 @@ def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_w
         trainer.step(n * num_workers)
         value = sum(float(l.sum().asscalar()) for l in losses) / n
         if not math.isfinite(value):
+            last = ckpt.last_path(cfg.checkpoint_file)
+            kept = f"the last good checkpoint {last} is kept" if os.path.isfile(last) \
+                else "no checkpoint had been written yet"
             raise TrainingDiverged(
                 f"loss became {value} at epoch {epoch + 1}, step {state.global_step + 1}; "
-                f"training stopped, the last good checkpoint "
-                f"{ckpt.last_path(cfg.checkpoint_file)} is kept (try a lower --learning-rate)")
+                f"training stopped, {kept} (try a lower --learning-rate)")
         state.global_step += 1
         faults.point("train.step")
         total, count = total + value * n, count + n

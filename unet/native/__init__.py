@@ -16,9 +16,9 @@ API). Two live here, each in one C++ file:
   those kernels (AVX-512; :func:`conv3x3_available`).
 
 Each ``*_available()`` compiles its source with the system's C++ compiler (``$CXX``, else
-``g++``; 7-10 s, once) into a cache folder, keyed by a hash of the source, MXNet's headers, the
-compiler command, the flags and the machine, and loads it (a cached file that does not load is
-compiled again). Where that fails (no compiler, no oneDNN wheel, a CPU without AVX-512 for the
+``g++``; 12-16 s each on a 2-core Xeon, once) into a cache folder, keyed by a hash of the
+source, MXNet's headers, the compiler command, the flags and the machine, and loads it (a
+cached file that does not load is compiled again). Where that fails (no compiler, no oneDNN wheel, a CPU without AVX-512 for the
 convolutions, another platform) it logs one warning and returns False, and the network falls
 back to MXNet's own operators; ``UNET_NATIVE=0`` turns both off. The cache folder is ``$UNET_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/unet``, else
 ``~/.cache/unet``. CPU only, float32 only.
