@@ -162,7 +162,8 @@ def run(args):
         splitting = segmenter.cell_splitting
         checkpoints = [os.path.abspath(p) for p in args.network_param]
         info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
-                "tta": args.tta, "threshold": segmenter.threshold, "num_images": len(samples),
+                "tta": args.tta, "num_images": len(samples),
+                "threshold": segmenter.threshold if segmenter.num_classes == 2 else None,
                 "split_cells": splitting.to_dict() if splitting else None}
         paths = write_metrics(output, rows, info)
         print(format_table(rows))

@@ -677,11 +677,15 @@ def check_arguments(parser, args):
         if not (key and equals):
             parser.error(f"--env takes KEY=VALUE, got {item!r}")
     for spec in row_specs(args):
-        try:
-            model_config(spec, spec["size"])
-        except ValueError as exc:   # "image_size 30 is not ..." -> "--size 30 is not ..."
-            name, _, rest = str(exc).partition(" ")
-            parser.error(f"{CONFIG_FLAGS.get(name, name)} {rest}")
+        if spec["task"] == "data":      # crops only, no network: any positive size
+            if spec["size"] < 1:
+                parser.error(f"--size must be >= 1, got {spec['size']}")
+        else:
+            try:
+                model_config(spec, spec["size"])
+            except ValueError as exc:   # "image_size 30 is not ..." -> "--size 30 is not ..."
+                name, _, rest = str(exc).partition(" ")
+                parser.error(f"{CONFIG_FLAGS.get(name, name)} {rest}")
         if spec["task"] in ("data", "epoch") and spec["channels"] not in (1, 3):
             parser.error(f"--channels must be 1 or 3 for the {spec['task']} task, "
                          f"got {spec['channels']}")

@@ -718,7 +718,7 @@ def output_path_cases(ws):
     def checkpoint_folder(f):
         folder = os.path.join(f, "ck")
         os.makedirs(folder)
-        return error_case("segmenter", ws.train_args(ws.data, folder), "ck is a folder",
+        return error_case("segmenter", ws.train_args(ws.data, folder), "ck' is a folder",
                           also=left_empty(f, "ck"))
     yield "segmenter: checkpoint file that is a folder", checkpoint_folder
 

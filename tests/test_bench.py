@@ -165,3 +165,12 @@ def test_epoch_overhead_is_against_both_reference_processes(bench):
     failed = bench.add_epoch_reference(row, [refs[0], dict(status="error: rc 1: boom")])
     assert failed["status"] == "error: reference steps: error: rc 1: boom"
     assert "overhead" not in failed
+
+
+def test_data_rows_take_any_positive_crop_size():
+    # The data task builds no network, so the 2**depth rule is not its (found in review).
+    done = run_script("--json", "--task", "data", "--size", "100", "--channels", "1",
+                      "--repeat", "1", "--warmup", "0", "--epoch-images", "2", "--workers", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)
+    assert row["task"] == "data" and row["size"] == 100

@@ -42,3 +42,30 @@ def test_forked_workers_ignore_ctrl_c_and_die_quietly_on_sigterm():
     assert run.stderr.strip() == "interrupted"
     assert "handler still ours: _terminate" in run.stdout
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr
+
+
+def test_oserrors_are_one_line_with_the_exit_code_of_their_kind(capsys):
+    import errno
+    from unet.cli import run_guarded
+
+    def raising(exc):
+        def body():
+            raise exc
+        return body
+    cases = [(NotADirectoryError(errno.ENOTDIR, "Not a directory", "a/b"), 2),
+             (OSError(errno.ENOSPC, "No space left on device", "out.png"), 1)]
+    for exc, code in cases:
+        assert run_guarded(raising(exc)) == code
+        err = capsys.readouterr().err
+        assert err == f"error: {exc.strerror} ({exc.filename})\n"
+
+
+def test_a_closed_output_pipe_is_quiet():
+    # `evaluate.py ... | head`: the reader goes away; no traceback, no error line.
+    script = ("import sys\nfrom unet.cli import run_guarded\n"
+              "def body():\n    for _ in range(100000):\n        print('x' * 100)\n    return 0\n"
+              "sys.exit(run_guarded(body))\n")
+    run = subprocess.run(f"{sys.executable} -c \"$S\" | head -1", shell=True, cwd=ROOT,
+                         env=dict(os.environ, S=script), capture_output=True, text=True,
+                         timeout=60)
+    assert run.stdout == "x" * 100 + "\n" and run.stderr == "", run.stderr

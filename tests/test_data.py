@@ -138,10 +138,11 @@ def break_dataset(root, case):
         (t_img / "s1.png").unlink()
         (t_img / "s1.png").mkdir()
         return "train/image/s1.png", "a folder named like an image"
-    if case == "one_colour_mask":
+    if case in ("one_colour_mask", "first_colour_mask"):
+        name = "s2.png" if case == "one_colour_mask" else "s0.png"    # s0: listed first
         mask = blob_pair((40, 36), 2)[1]
-        write(t_mask / "s2.png", np.dstack([mask, np.zeros_like(mask), np.zeros_like(mask)]))
-        return "train/mask/s2.png", "a colour mask among gray ones"
+        write(t_mask / name, np.dstack([mask, np.zeros_like(mask), np.zeros_like(mask)]))
+        return f"train/mask/{name}", "a colour mask among gray ones"
     if case == "too_small":
         write(t_img / "s0.png", np.zeros((40, 10), np.uint8))
         write(t_mask / "s0.png", np.zeros((40, 10), np.uint8))
@@ -151,7 +152,8 @@ def break_dataset(root, case):
 
 @pytest.mark.parametrize("case", ["size_mismatch", "text_image", "truncated_mask", "bad_values",
                                   "mixed_binary", "channels", "validate_values", "empty_validate",
-                                  "too_small", "folder_as_image", "one_colour_mask"])
+                                  "too_small", "folder_as_image", "one_colour_mask",
+                                  "first_colour_mask"])
 def test_prepare_data_errors_name_the_file(tmp_path, case):
     root = make_dataset(tmp_path / "data")
     where, words = break_dataset(root, case)

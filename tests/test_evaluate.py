@@ -410,3 +410,16 @@ def test_repeated_network_param_flags_add_up(tmp_path, capsys, checkpoint):
     args = evaluate.build_parser().parse_args(
         ["--image", "x.png", "--network-param", "a", "b", "--network-param", "c"])
     assert args.network_param == ["a", "b", "c"]
+
+
+def test_folder_mode_refuses_outputs_that_would_replace_inputs(tmp_path, capsys, checkpoint):
+    # a.png's mask would be a_mask.png, another input of the same folder (found in review).
+    folder = tmp_path / "fold"
+    for name, seed in (("a.png", 1), ("a_mask.png", 2)):
+        write(folder / name, blobs(40, 36, seed=seed)[0])
+    before = (folder / "a_mask.png").read_bytes()
+    line = one_line_error(capsys, "--image", folder, "--network-param", checkpoint,
+                          "--output", folder)
+    assert "a_mask.png" in line and "replace this input" in line
+    assert (folder / "a_mask.png").read_bytes() == before
+    assert sorted(os.listdir(folder)) == ["a.png", "a_mask.png"]

@@ -197,3 +197,16 @@ def test_multi_page_tiff_refused(tmp_path):
     pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
     with pytest.raises(InputError, match="stack.tif: holds 2 images"):
         read_image(tmp_path / "stack.tif")
+
+
+def test_png_with_a_damaged_optional_chunk_is_still_read(tmp_path):
+    # PIL refuses a bad CRC in a tEXt chunk; cv2 skips the chunk. Only a damaged header is
+    # refused without cv2 (found in review: the first check refused any PNG PIL could not open).
+    ok, encoded = cv2.imencode(".png", gradient())
+    data = encoded.tobytes()
+    body = b"tEXt" + b"Comment\0hello"
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) ^ 1)
+    path = tmp_path / "bad crc.png"
+    path.write_bytes(data[:33] + chunk + data[33:])
+    np.testing.assert_array_equal(read_mask(path), gradient())
+    assert image_size(path) == (H, W)

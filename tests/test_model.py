@@ -169,6 +169,7 @@ def run_main(argv):
     (["--data-dir", "/nonexistent", "--class-weights", "0,0"], ["class-weights", "not all 0"]),
     (["--data-dir", "/nonexistent", "--cpu-contexts", "3", "--batch-size", "2"],
      ["batch-size", "2"]),
+    (["--data-dir", "/nonexistent", "--checkpoint-file", ""], ["'' names no file"]),
 ])
 def test_segmenter_bad_flag_is_one_line_exit_2(capsys, argv, names):
     assert run_main(argv) == 2

@@ -1,6 +1,8 @@
 """What both command-line programs share: logging set-up, list parsing, and turning errors into
-one line on stderr with an exit code (2 bad input, 3 diverged training, 130 interrupted)."""
+one line on stderr with an exit code (2 bad input, 3 diverged training, 130 interrupted,
+141 a closed output pipe)."""
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -44,6 +46,11 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# Errors of a path the user gave (exit code 2); others (a full disk, EIO, ENOMEM) exit 1.
+_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES,
+                errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -78,10 +85,13 @@ def run_guarded(body):
     except ValueError as exc:        # a bad option value caught by a config's validation
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except OSError as exc:           # a path the checks above did not foresee
+    except BrokenPipeError:          # `... | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                   # 128 + SIGPIPE, as a shell reports a killed writer
+    except OSError as exc:           # one the checks before did not foresee
         where = f" ({exc.filename})" if exc.filename else ""
         sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
-        return 2
+        return 2 if exc.errno in _PATH_ERRNOS else 1
     except MemoryError as exc:
         sys.stderr.write(f"error: out of memory{': ' + str(exc) if str(exc) else ''}\n")
         return 1

@@ -232,9 +232,11 @@ def _encoding_or_culprit(values_by_mask, num_classes, colormap):
         if any(isinstance(v, tuple) for v in union) and colormap is None:
             coloured = {path: any(isinstance(v, tuple) for v in values)
                         for path, values in values_by_mask.items()}
-            first = next(iter(coloured.values()))
-            odd = next((path for path, colour in coloured.items() if colour != first), None)
-            if odd is not None:
+            colour_count = sum(coloured.values())
+            if 0 < colour_count < len(coloured):
+                # The culprit is of the rarer kind (colour if as many as gray).
+                rare = colour_count <= len(coloured) - colour_count
+                odd = next(path for path, colour in coloured.items() if colour == rare)
                 kinds = ("colour", "gray") if coloured[odd] else ("gray", "colour")
                 raise InputError(f"{display_path(odd)}: a {kinds[0]} mask among {kinds[1]} "
                                  "ones; all masks must be saved alike") from None

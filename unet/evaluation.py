@@ -19,7 +19,7 @@ from .data import IMAGE_SUFFIXES, Sample, list_split
 from .errors import InputError
 from .imageio import display_path, read_image, read_mask
 from .inference import (CALIBRATION_TILES, default_mask_path, foreground_probability,
-                        write_outputs)
+                        output_files, refuse_replacing_inputs, write_outputs)
 from .metrics import score_segmentation
 from .tiling import evenly_spaced
 
@@ -86,6 +86,10 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
     list of dict
         One row per scored image: ``image`` (the name) and the :data:`SCORES`.
     """
+    refuse_replacing_inputs(
+        [path for sample in samples for path in output_files(
+            default_mask_path(sample.image_path, output_dir), overlay, probabilities)],
+        [path for sample in samples for path in (sample.image_path, sample.mask_path) if path])
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:
@@ -98,7 +102,7 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
         image = read_image(sample.image_path)
         prediction = segmenter.predict(image, display_path(sample.image_path))
         write_outputs(prediction, image, default_mask_path(sample.image_path, output_dir),
-                      overlay, probabilities, source_path=sample.image_path)
+                      overlay, probabilities)
         if sample.mask_path is None:
             continue
         target = read_target(segmenter, sample.mask_path, image.shape[:2])

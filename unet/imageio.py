@@ -12,6 +12,7 @@ memory, which keeps paths with spaces or non-UTF-8 bytes working (``cv2.imread``
 import logging
 import os
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -87,9 +88,10 @@ def _needs_cv2(image):
 
 
 def _cv2_decode(name, data, identified=True):
-    """``identified``: whether PIL could read the header. A PNG it could not is corrupt, and
-    cv2 is not asked: its libpng prints its complaints on stderr, past any log level."""
-    if not identified and data.startswith(_PNG_SIGNATURE):
+    """``identified``: whether PIL could read the header. A PNG whose header (IHDR) is damaged
+    is refused without asking cv2: its libpng prints its complaints on stderr, past any log
+    level. (PIL also gives up on a PNG with a damaged optional chunk, which cv2 decodes.)"""
+    if not identified and data.startswith(_PNG_SIGNATURE) and not _sound_png_header(data):
         raise InputError(f"{name}: a corrupt PNG (cannot decode its header)")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
@@ -102,6 +104,16 @@ def _cv2_decode(name, data, identified=True):
     elif array.ndim == 3 and array.shape[2] == 2:
         array = array[:, :, 0]  # gray + alpha
     return np.ascontiguousarray(array)
+
+
+def _sound_png_header(data):
+    """Whether ``data`` (a PNG's bytes) starts with an intact IHDR chunk of a non-empty image."""
+    ihdr = data[8:33]
+    if len(ihdr) < 25 or ihdr[:8] != b"\0\0\0\rIHDR":
+        return False
+    width, height = int.from_bytes(ihdr[8:12], "big"), int.from_bytes(ihdr[12:16], "big")
+    return width > 0 and height > 0 and zlib.crc32(ihdr[4:21]) == int.from_bytes(ihdr[21:25],
+                                                                                   "big")
 
 
 def _pil_decode(name, image, as_mask):

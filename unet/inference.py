@@ -253,8 +253,24 @@ def default_mask_path(image_path, folder=None):
                         f"{stem}_mask.png")
 
 
-def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None,
-                  source_path=None):
+def output_files(mask_path, overlay=False, probabilities=None):
+    """The files :func:`write_outputs` writes for these arguments."""
+    paths = output_paths(mask_path)
+    return [paths["mask"]] + [paths["overlay"]] * bool(overlay) + \
+        ([paths[probabilities]] if probabilities else [])
+
+
+def refuse_replacing_inputs(outputs, inputs):
+    """InputError naming the first of the files ``outputs`` that is one of ``inputs`` (after
+    resolving links): a run must not write over what it reads."""
+    taken = {os.path.realpath(path) for path in inputs}
+    for path in outputs:
+        if os.path.realpath(path) in taken:
+            raise InputError(f"{display_path(path)}: an output would replace this input file; "
+                             f"choose another output path")
+
+
+def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None):
     """Write the mask at ``mask_path`` and optionally the overlay and probability map beside it.
 
     Parameters
@@ -268,9 +284,6 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
         Also write ``NAME_overlay.png``.
     probabilities : {None, 'png16', 'npy'}, default None
         Also write the foreground probability as a 16-bit PNG (0..65535) or a float32 ``.npy``.
-    source_path : str, optional
-        The input image's file: :class:`InputError`, and nothing written, if an output would
-        replace it.
 
     Returns
     -------
@@ -281,12 +294,6 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
         raise ValueError(f"probabilities must be one of {PROBABILITY_FORMATS} or None, "
                          f"got {probabilities!r}")
     paths = output_paths(mask_path)
-    if source_path is not None:
-        wanted = [paths["mask"]] + [paths["overlay"]] * overlay + [paths.get(probabilities)]
-        for path in filter(None, wanted):
-            if os.path.exists(path) and os.path.samefile(path, source_path):
-                raise InputError(f"{display_path(path)}: the output would replace the input "
-                                 f"image; choose another output path")
     write_png(paths["mask"], prediction.mask)
     written = [paths["mask"]]
     if overlay:
@@ -312,11 +319,12 @@ def _write_npy(path, array):
 
 
 def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=None):
-    """Read ``image_path``, segment it, write the outputs; returns ``(prediction, written)``."""
+    """Read ``image_path``, segment it, write the outputs; returns ``(prediction, written)``.
+    An output that would replace the image is refused before any work."""
+    refuse_replacing_inputs(output_files(mask_path, overlay, probabilities), [image_path])
     image = read_image(image_path)
     prediction = segmenter.predict(image, display_path(image_path))
-    return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities,
-                                     source_path=image_path)
+    return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities)
 
 
 def contexts(gpu_ids):

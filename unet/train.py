@@ -131,11 +131,12 @@ def train(cfg):
 
 def _make_output_folders(checkpoint_file, log_dir):
     """Make the checkpoint's and the logs' folders now: a bad path is one line before any work."""
-    if checkpoint_file.endswith(os.sep) or os.path.isdir(checkpoint_file):
-        raise InputError(f"checkpoint file {checkpoint_file} is a folder; name a file in it, "
-                         f"such as {os.path.join(checkpoint_file, 'unet_best.params')}")
+    if os.path.basename(checkpoint_file) in ("", ".", "..") or os.path.isdir(checkpoint_file):
+        kind = "is a folder" if os.path.isdir(checkpoint_file) else "names no file"
+        raise InputError(f"checkpoint file {checkpoint_file!r} {kind}; name a file such as "
+                         f"{os.path.join(checkpoint_file, 'unet_best.params')}")
     for what, folder in (("checkpoint", os.path.dirname(os.path.abspath(checkpoint_file))),
-                         ("log", log_dir)):
+                         ("log", log_dir or ".")):
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
