@@ -5,6 +5,7 @@
     python evaluate.py --data-dir ./data --network-param ./unet_best.params
     python evaluate.py --network-param ./unet_best.params --export ./deploy/unet
 """
+import dataclasses
 import os
 import sys
 
@@ -106,19 +107,16 @@ def check_options(args):
 
 def cell_splitting(args):
     """The CellSplitting of the flags, or None without --split-cells."""
-    given = {"--seed-threshold": args.seed_threshold, "--min-seed-size": args.min_seed_size,
-             "--min-hole-size": args.min_hole_size}
-    given = {flag: value for flag, value in given.items() if value is not None}
+    given = {name: getattr(args, name) for name in ("seed_threshold", "min_seed_size",
+                                                      "min_hole_size")
+             if getattr(args, name) is not None}
     if not args.split_cells:
         if given:
-            raise InputError(f"{', '.join(given)} only apply with --split-cells")
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise InputError(f"{flags} only apply with --split-cells")
         return None
-    defaults = CellSplitting()
     try:
-        return CellSplitting(
-            defaults.seed_threshold if args.seed_threshold is None else args.seed_threshold,
-            defaults.min_seed_size if args.min_seed_size is None else args.min_seed_size,
-            defaults.min_hole_size if args.min_hole_size is None else args.min_hole_size)
+        return dataclasses.replace(CellSplitting(), **given)
     except ValueError as err:
         raise InputError(f"--split-cells: {err}") from None
 
