@@ -295,19 +295,15 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
                          f"got {probabilities!r}")
     paths = output_paths(mask_path)
     write_png(paths["mask"], prediction.mask)
-    written = [paths["mask"]]
     if overlay:
         write_png(paths["overlay"], overlay_image(image, prediction.classes))
-        written.append(paths["overlay"])
     if probabilities is not None:
         foreground = foreground_probability(prediction.probabilities)
-        path = paths[probabilities]
         if probabilities == "png16":
-            write_png(path, (foreground * 65535.0 + 0.5).astype(np.uint16))
+            write_png(paths["png16"], (foreground * 65535.0 + 0.5).astype(np.uint16))
         else:
-            _write_npy(path, foreground.astype(np.float32))
-        written.append(path)
-    return written
+            _write_npy(paths["npy"], foreground.astype(np.float32))
+    return output_files(mask_path, overlay, probabilities)
 
 
 def _write_npy(path, array):
