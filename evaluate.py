@@ -11,9 +11,10 @@ import sys
 
 from unet.cli import OneLineParser, int_list, run_guarded, setup_logging
 from unet.errors import InputError
-from unet.evaluation import format_table, list_dataset, list_folder, segment_samples, \
-    write_metrics
+from unet.evaluation import check_samples, format_table, list_dataset, list_folder, \
+    segment_samples, write_metrics
 from unet.export import export_network
+from unet.held_logs import held_info_lines
 from unet.inference import Segmenter, contexts, default_mask_path, segment_file
 from unet.postprocess import CellSplitting
 
@@ -121,8 +122,8 @@ def cell_splitting(args):
         raise InputError(f"--split-cells: {err}") from None
 
 
-def run(args):
-    check_options(args)
+def _load_segmenter(args):
+    """The Segmenter of the checkpoints and flags; with ``--export``, the network exported."""
     ctx = contexts(args.gpu_id)
     segmenter = Segmenter.from_checkpoints(
         args.network_param, ctx=ctx, batch_size=args.batch_size, tta=args.tta,
@@ -134,25 +135,39 @@ def run(args):
     if args.export:
         for path in export_network(segmenter.net, segmenter.meta, args.export):
             print(path)
-    if args.image and os.path.isfile(args.image):
-        mask_path = args.output or default_mask_path(args.image)
-        if os.path.isdir(mask_path):
-            mask_path = default_mask_path(args.image, mask_path)
-        _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
-                                  args.probabilities)
-        for path in written:
-            print(path)
-        return 0
-    if args.image:
-        if not os.path.isdir(args.image):
-            raise InputError(f"{args.image}: no such file or folder")
-        samples = list_folder(args.image)
-        output = args.output or os.path.normpath(args.image) + "_masks"
-    elif args.data_dir:
-        samples = list_dataset(args.data_dir, args.split)
-        output = args.output or "predictions"
-    else:
-        return 0
+    return segmenter
+
+
+def _segment_one(segmenter, args):
+    """Segment the single image ``--image``; prints the files written."""
+    mask_path = args.output or default_mask_path(args.image)
+    if os.path.isdir(mask_path):
+        mask_path = default_mask_path(args.image, mask_path)
+    _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
+                              args.probabilities)
+    for path in written:
+        print(path)
+    return 0
+
+
+def run(args):
+    check_options(args)
+    # Until the work on a folder starts, a bad input is its error line alone.
+    with held_info_lines():
+        segmenter = _load_segmenter(args)
+        if args.image and os.path.isfile(args.image):
+            return _segment_one(segmenter, args)
+        if args.image:
+            if not os.path.isdir(args.image):
+                raise InputError(f"{args.image}: no such file or folder")
+            samples = list_folder(args.image)
+            output = args.output or os.path.normpath(args.image) + "_masks"
+        elif args.data_dir:
+            samples = list_dataset(args.data_dir, args.split)
+            output = args.output or "predictions"
+        else:
+            return 0
+        check_samples(samples, output, args.overlay, args.probabilities)
     rows = segment_samples(segmenter, samples, output, args.overlay, args.probabilities,
                            progress=not args.no_progress)
     print(f"{len(samples)} masks in {output}")

@@ -413,14 +413,17 @@ class Payload:
 
 
 def error_case(cli, argv, *words, marker=None, also=None):
-    """Expect one ``error:`` line holding ``words`` and a non-zero exit code; ``also()``, when
-    given, returns what else is wrong (files the failed run touched) or None."""
+    """Expect stderr to be one ``error:`` line holding ``words`` (no progress bar or other line
+    beside it) and a non-zero exit code; ``also()``, when given, returns what else is wrong
+    (files the failed run touched) or None."""
     def check(code, err):
-        lines = [l for l in err.replace("\r", "\n").splitlines() if "error:" in l]
+        lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip()]
         if code == 0:
             return "silent: exit code 0 instead of an error"
-        if len(lines) != 1:
-            return f"{len(lines)} error lines instead of one (exit code {code})"
+        if len(lines) != 1 or "error:" not in lines[0]:
+            errors = sum("error:" in l for l in lines)
+            return (f"{len(lines)} stderr lines, {errors} of them errors, instead of one error "
+                    f"line (exit code {code})")
         missing = [w for w in words if w not in lines[0]]
         if missing:
             return f"error line lacks {missing}: {lines[0]}"

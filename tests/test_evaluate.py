@@ -423,3 +423,24 @@ def test_folder_mode_refuses_outputs_that_would_replace_inputs(tmp_path, capsys,
     assert "a_mask.png" in line and "replace this input" in line
     assert (folder / "a_mask.png").read_bytes() == before
     assert sorted(os.listdir(folder)) == ["a.png", "a_mask.png"]
+
+
+def test_bad_input_in_a_process_of_its_own_prints_its_error_line_alone(tmp_path, checkpoint):
+    """Where the log lines reach stderr too: the checkpoint's "loaded" line is held back until
+    the input proves sound, so a bad image or mask is its one error line."""
+    import subprocess
+    import sys
+    (tmp_path / "text.png").write_text("not an image")
+    dataset(tmp_path / "d", [(40, 40)], masked={0})
+    write(tmp_path / "d" / "test" / "mask" / "img0.png", np.zeros((20, 20), np.uint8))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for argv, expected in ((["--image", tmp_path / "text.png"], "text.png"),
+                           (["--data-dir", tmp_path / "d", "--output", tmp_path / "o"],
+                            "img0.png")):
+        done = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"),
+                               "--network-param", checkpoint, *map(str, argv)],
+                              capture_output=True, text=True, timeout=120)
+        lines = done.stderr.replace("\r", "\n").split("\n")
+        errors = [line for line in lines if line.strip()]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr
+        assert errors[0].startswith("error: ") and expected in errors[0], done.stderr

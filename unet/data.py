@@ -25,6 +25,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".we
                   ".ppm", ".pbm", ".jp2")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # RGB -> gray, as cv2 and PIL do
 _MIN_STD = 1e-3
+#: Seconds the data check runs before its progress bar appears.
+CHECK_BAR_DELAY_S = 1.0
 
 
 @dataclass
@@ -278,7 +280,8 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
 
     Every pair is read once: image and mask readable, same height and width, sides at least
     ``min_size``, mask values of one format, one channel count. Normalization is computed over
-    the training images. A tqdm bar on stderr shows the progress.
+    the training images. A tqdm bar on stderr shows the progress of a check that takes longer
+    than :data:`CHECK_BAR_DELAY_S`.
 
     Parameters
     ----------
@@ -310,7 +313,9 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
     found, first = None, None  # channel count of the first image, and that image
     start = time.perf_counter()
     pairs = [(s, True) for s in train] + [(s, False) for s in validate]
-    with tqdm(pairs, desc="checking data", unit="pair", leave=False) as progress:
+    # A bar only when the check takes a while: a quick one that fails prints its error alone.
+    with tqdm(pairs, desc="checking data", unit="pair", leave=False,
+              delay=CHECK_BAR_DELAY_S) as progress:
         for sample, is_train in progress:
             image, values = _check_pair(sample, min_size)
             sizes[sample.image_path] = image.shape[:2]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .atomic import write_json, write_text
 from .data import IMAGE_SUFFIXES, Sample, list_split
 from .errors import InputError
-from .imageio import display_path, read_image, read_mask
+from .imageio import display_path, image_size, read_image, read_mask
 from .inference import (CALIBRATION_TILES, default_mask_path, foreground_probability,
                         output_files, refuse_replacing_inputs, write_outputs)
 from .metrics import score_segmentation
@@ -56,14 +56,32 @@ def list_dataset(data_dir, split="test"):
     return list_split(data_dir, split, require_masks=False)
 
 
+def check_samples(samples, output_dir, overlay=False, probabilities=None):
+    """Refuse, before any work, what :func:`segment_samples` would fail on or damage: an output
+    that would replace an input, and an image or mask whose header cannot be read or whose mask
+    is not the size of its image (headers only: a file damaged past its header still fails on
+    its turn). Raises :class:`InputError`."""
+    refuse_replacing_inputs(
+        [path for sample in samples for path in output_files(
+            default_mask_path(sample.image_path, output_dir), overlay, probabilities)],
+        [path for sample in samples for path in (sample.image_path, sample.mask_path) if path])
+    for sample in samples:
+        height, width = image_size(sample.image_path)
+        if sample.mask_path is not None:
+            _check_mask_size(sample.mask_path, image_size(sample.mask_path), (height, width))
+
+
+def _check_mask_size(mask_path, mask_shape, shape):
+    if tuple(mask_shape[:2]) != tuple(shape):
+        raise InputError(f"{display_path(mask_path)}: mask is {mask_shape[1]}x{mask_shape[0]}, "
+                         f"its image {shape[1]}x{shape[0]}")
+
+
 def read_target(segmenter, mask_path, shape):
     """Ground-truth classes ``(H, W)`` of ``mask_path``, decoded with the model's mask encoding."""
-    name = display_path(mask_path)
     raw = read_mask(mask_path)
-    if raw.shape[:2] != tuple(shape):
-        raise InputError(f"{name}: mask is {raw.shape[1]}x{raw.shape[0]}, its image "
-                         f"{shape[1]}x{shape[0]}")
-    return segmenter.encoding.decode(raw, name=name)
+    _check_mask_size(mask_path, raw.shape, shape)
+    return segmenter.encoding.decode(raw, name=display_path(mask_path))
 
 
 def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities=None,
@@ -86,10 +104,7 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
     list of dict
         One row per scored image: ``image`` (the name) and the :data:`SCORES`.
     """
-    refuse_replacing_inputs(
-        [path for sample in samples for path in output_files(
-            default_mask_path(sample.image_path, output_dir), overlay, probabilities)],
-        [path for sample in samples for path in (sample.image_path, sample.mask_path) if path])
+    check_samples(samples, output_dir, overlay, probabilities)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:

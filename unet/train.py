@@ -25,6 +25,7 @@ from .dataset import EpochLoader, SegmentationDataset
 from .distributed import (create_kvstore, finish, shard_indices, sync_initial_params,
                           trainer_kwargs)
 from .errors import InputError, WorkerDied
+from .held_logs import held_info_lines
 from .inference import contexts as device_contexts
 from .lock import RunLock
 from .losses import SegmentationLoss
@@ -174,7 +175,8 @@ class _Run:
             self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
             ckpt.remove_stale_files(cfg.checkpoint_file)
         try:
-            self._set_up(kvstore)
+            with held_info_lines():     # bad data or a checkpoint that does not fit: one line
+                self._set_up(kvstore)
         except BaseException:
             self.close()
             raise
