@@ -152,11 +152,12 @@ def _segment_one(segmenter, args):
 
 def run(args):
     check_options(args)
-    # Until the work on a folder starts, a bad input is its error line alone.
+    # Until the work on a folder starts (a single image: until it is done), a bad input is its
+    # error line alone.
     with held_info_lines():
         segmenter = _load_segmenter(args)
         if args.image and os.path.isfile(args.image):
-            return _segment_one(segmenter, args)
+            return _segment_one(segmenter, args)    # short: held to its end
         if args.image:
             if not os.path.isdir(args.image):
                 raise InputError(f"{args.image}: no such file or folder")
@@ -167,9 +168,9 @@ def run(args):
             output = args.output or "predictions"
         else:
             return 0
-        check_samples(samples, output, args.overlay, args.probabilities)
+        check_samples(samples, output, args.overlay, args.probabilities, segmenter.encoding)
     rows = segment_samples(segmenter, samples, output, args.overlay, args.probabilities,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, checked=True)
     print(f"{len(samples)} masks in {output}")
     if rows:
         splitting = segmenter.cell_splitting

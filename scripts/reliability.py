@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import random
@@ -368,14 +369,36 @@ class Workspace:
 
 
 def call_cli(name, argv):
-    """``name.main(argv)`` in this process; returns (exit code, stderr text)."""
+    """``name.main(argv)`` in this process; returns (exit code, stderr text), the log lines
+    included, as a process of its own would print them: the log handler that the first call's
+    ``logging.basicConfig`` bound to its own stderr is pointed at this call's, and where there
+    is none (under pytest, whose handlers make ``basicConfig`` do nothing) one is added, with the
+    INFO level that ``unet.cli.setup_logging`` sets."""
     module = __import__(name)
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = module.main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
+    root = logging.getLogger()
+    # Plain StreamHandlers only: pytest's capture handlers are subclasses and stay as they are.
+    handlers = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.setStream(err)
+    added, level = None, root.level
+    if not handlers:
+        added = logging.StreamHandler(err)
+        root.addHandler(added)
+        root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                code = module.main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
+        if added is not None:
+            root.removeHandler(added)
+            root.setLevel(level)
     return code, err.getvalue()
 
 

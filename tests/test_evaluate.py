@@ -433,10 +433,14 @@ def test_bad_input_in_a_process_of_its_own_prints_its_error_line_alone(tmp_path,
     (tmp_path / "text.png").write_text("not an image")
     dataset(tmp_path / "d", [(40, 40)], masked={0})
     write(tmp_path / "d" / "test" / "mask" / "img0.png", np.zeros((20, 20), np.uint8))
+    dataset(tmp_path / "v", [(40, 40)], masked={0})
+    write(tmp_path / "v" / "test" / "mask" / "img0.png", np.full((40, 40), 77, np.uint8))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for argv, expected in ((["--image", tmp_path / "text.png"], "text.png"),
                            (["--data-dir", tmp_path / "d", "--output", tmp_path / "o"],
-                            "img0.png")):
+                            "img0.png"),
+                           (["--data-dir", tmp_path / "v", "--output", tmp_path / "o2"],
+                            "77")):
         done = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"),
                                "--network-param", checkpoint, *map(str, argv)],
                               capture_output=True, text=True, timeout=120)

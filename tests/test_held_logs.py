@@ -53,3 +53,42 @@ def test_other_exceptions_keep_them(stream, error):
             logging.getLogger("unet.test").info("checked")
             raise error
     assert stream.getvalue() == "INFO checked\n"
+
+
+def test_release_emits_what_was_held_and_stops_holding(stream):
+    log = logging.getLogger("unet.test")
+    with pytest.raises(InputError):
+        with held_info_lines() as checks_passed:
+            log.info("checked")
+            checks_passed()
+            assert stream.getvalue() == "INFO checked\n"
+            log.info("building")
+            assert stream.getvalue() == "INFO checked\nINFO building\n"
+            raise InputError("after the checks")
+    assert stream.getvalue() == "INFO checked\nINFO building\n"
+
+
+def test_a_process_forked_in_the_block_holds_nothing(tmp_path):
+    import os
+    path = tmp_path / "child.log"
+    handler = logging.FileHandler(path)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with held_info_lines():
+            pid = os.fork()
+            if pid == 0:                    # a data-loader worker, say
+                logging.getLogger("unet.test").info("from the child")
+                handler.flush()
+                os._exit(0)
+            os.waitpid(pid, 0)
+            assert path.read_text() == "from the child\n"
+            logging.getLogger("unet.test").info("from the parent")
+            assert path.read_text() == "from the child\n"
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+    assert path.read_text() == "from the child\nfrom the parent\n"

@@ -10,6 +10,7 @@ import time
 import cv2
 import numpy as np
 from mxnet import gluon
+from tqdm import tqdm
 
 from .augment import augment as augment_sample
 from .augment import build_augmenter, center_crop
@@ -73,7 +74,9 @@ class SegmentationDataset(gluon.data.Dataset):
         self.weights = {}
         if weight_map or boundary_weight > 0:
             start = time.perf_counter()
-            for sample in self.samples:
+            masks = tqdm(self.samples, desc="weight maps", unit="mask", leave=False,
+                         delay=1.0)
+            for sample in masks:
                 if sample.mask_path not in self.weights:
                     classes = self._classes(sample)
                     weights = (border_weight_map(classes, w0, sigma) if weight_map

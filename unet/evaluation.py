@@ -56,19 +56,23 @@ def list_dataset(data_dir, split="test"):
     return list_split(data_dir, split, require_masks=False)
 
 
-def check_samples(samples, output_dir, overlay=False, probabilities=None):
+def check_samples(samples, output_dir, overlay=False, probabilities=None, encoding=None):
     """Refuse, before any work, what :func:`segment_samples` would fail on or damage: an output
-    that would replace an input, and an image or mask whose header cannot be read or whose mask
-    is not the size of its image (headers only: a file damaged past its header still fails on
-    its turn). Raises :class:`InputError`."""
+    that would replace an input; an image whose header cannot be read (only the header: an image
+    damaged further in fails on its turn); a mask that cannot be decoded, is not the size of its
+    image or, given the checkpoint's ``encoding`` (a :class:`unet.masks.MaskEncoding`), holds
+    values it does not know. Raises :class:`InputError`."""
     refuse_replacing_inputs(
         [path for sample in samples for path in output_files(
             default_mask_path(sample.image_path, output_dir), overlay, probabilities)],
         [path for sample in samples for path in (sample.image_path, sample.mask_path) if path])
     for sample in samples:
-        height, width = image_size(sample.image_path)
+        shape = image_size(sample.image_path)
         if sample.mask_path is not None:
-            _check_mask_size(sample.mask_path, image_size(sample.mask_path), (height, width))
+            raw = read_mask(sample.mask_path)
+            _check_mask_size(sample.mask_path, raw.shape, shape)
+            if encoding is not None:
+                encoding.decode(raw, name=display_path(sample.mask_path))
 
 
 def _check_mask_size(mask_path, mask_shape, shape):
@@ -85,7 +89,7 @@ def read_target(segmenter, mask_path, shape):
 
 
 def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities=None,
-                    progress=True):
+                    progress=True, checked=False):
     """Segment every sample into ``output_dir``; score those that have a mask.
 
     Parameters
@@ -98,13 +102,16 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
         As in :func:`unet.inference.write_outputs`.
     progress : bool, default True
         Show a tqdm progress bar on stderr.
+    checked : bool, default False
+        The caller has run :func:`check_samples` on these arguments; else it runs first.
 
     Returns
     -------
     list of dict
         One row per scored image: ``image`` (the name) and the :data:`SCORES`.
     """
-    check_samples(samples, output_dir, overlay, probabilities)
+    if not checked:
+        check_samples(samples, output_dir, overlay, probabilities, segmenter.encoding)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:

@@ -2,8 +2,11 @@
 prints its one error line and nothing before it."""
 import contextlib
 import logging
+import os
 
 from .errors import InputError
+
+_active = []        # (handler, hold) pairs installed now, for the at-fork clean-up
 
 
 class _Hold(logging.Filter):
@@ -20,27 +23,48 @@ class _Hold(logging.Filter):
         return False
 
 
+def _release(holds, emit):
+    while holds:
+        handler, hold = holds.pop(0)
+        handler.removeFilter(hold)
+        if (handler, hold) in _active:
+            _active.remove((handler, hold))
+        for record in hold.records if emit else ():
+            handler.handle(record)
+
+
 @contextlib.contextmanager
 def held_info_lines(dropped_on=(InputError, ValueError)):
     """Hold the INFO and DEBUG records that the root logger's handlers receive in the block.
 
-    When the block ends normally, or raises anything but ``dropped_on`` (default: bad input,
-    :class:`~unet.errors.InputError`, and a config's ``ValueError``), the held records are
-    emitted as they were, with their own times; when it raises ``dropped_on`` they are dropped,
-    and the error's one line is all the user sees. Warnings and errors are never held.
+    Yields ``release()``: called once the checks are done, it emits what was held and stops
+    holding, for the rest of the block. When the block ends normally, or raises anything but
+    ``dropped_on`` (default: bad input, :class:`~unet.errors.InputError`, and a config's
+    ``ValueError``), the held records are emitted as they were, with their own times; when it
+    raises ``dropped_on`` they are dropped, and the error's one line is all the user sees.
+    Warnings and errors are never held. A process forked meanwhile (a data-loader worker) holds
+    nothing.
     """
-    holds = [(handler, _Hold()) for handler in logging.getLogger().handlers]
-    for handler, hold in holds:
-        handler.addFilter(hold)
+    holds = []
     emit = True
     try:
-        yield
+        for handler in logging.getLogger().handlers:
+            hold = _Hold()
+            handler.addFilter(hold)
+            holds.append((handler, hold))
+            _active.append((handler, hold))
+        yield lambda: _release(holds, True)
     except dropped_on:
         emit = False
         raise
     finally:
-        for handler, hold in holds:
-            handler.removeFilter(hold)
-            if emit:
-                for record in hold.records:
-                    handler.handle(record)
+        _release(holds, emit)
+
+
+def _forget_holds_in_child():
+    for handler, hold in _active:
+        handler.removeFilter(hold)
+    _active.clear()
+
+
+os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -171,17 +171,20 @@ class _Run:
                                                                             len(self.ctx))
         self.is_chief = self.rank == 0
         self.tb, self.lock, self.loader, self.saver = None, None, None, None
-        if self.is_chief:       # only rank 0 writes checkpoints
-            self.lock = RunLock(cfg.checkpoint_file + ".lock", f"checkpoint {cfg.checkpoint_file}")
-            ckpt.remove_stale_files(cfg.checkpoint_file)
         try:
-            with held_info_lines():     # bad data or a checkpoint that does not fit: one line
-                self._set_up(kvstore)
+            # Until the data and the checkpoint have proved sound, INFO lines wait: bad input
+            # is its one error line.
+            with held_info_lines() as checks_passed:
+                if self.is_chief:       # only rank 0 writes checkpoints
+                    self.lock = RunLock(cfg.checkpoint_file + ".lock",
+                                        f"checkpoint {cfg.checkpoint_file}")
+                    ckpt.remove_stale_files(cfg.checkpoint_file)
+                self._set_up(kvstore, checks_passed)
         except BaseException:
             self.close()
             raise
 
-    def _set_up(self, kvstore):
+    def _set_up(self, kvstore, checks_passed):
         cfg = self.cfg
         resume_meta, last = None, None
         if cfg.checkpoint == "load":
@@ -210,6 +213,7 @@ class _Run:
             log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
                      self.state.epoch, self.state.global_step, self.state.best_score,
                      self.state.best_epoch)
+        checks_passed()
         if self.is_dist:
             # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all.
             # Recorded: an inference-mode forward rewrites conv weights into a oneDNN layout
