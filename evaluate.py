@@ -89,7 +89,9 @@ def build_parser():
     parser.add_argument("--export", metavar="PREFIX",
                         help="write PREFIX-symbol.json, PREFIX-0000.params, PREFIX.json and "
                              "PREFIX.onnx (when the onnx package is installed)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (a folder's images; a single image's "
+                             "forward passes, shown once they take over a second)")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -144,7 +146,7 @@ def _segment_one(segmenter, args):
     if os.path.isdir(mask_path):
         mask_path = default_mask_path(args.image, mask_path)
     _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
-                              args.probabilities)
+                              args.probabilities, progress=not args.no_progress)
     for path in written:
         print(path)
     return 0

@@ -448,3 +448,15 @@ def test_bad_input_in_a_process_of_its_own_prints_its_error_line_alone(tmp_path,
         errors = [line for line in lines if line.strip()]
         assert done.returncode == 2 and len(errors) == 1, done.stderr
         assert errors[0].startswith("error: ") and expected in errors[0], done.stderr
+
+
+def test_a_single_image_shows_its_forward_passes_once_they_take_a_while(tmp_path, capsys,
+                                                                      checkpoint, monkeypatch):
+    import unet.inference
+    image = write(tmp_path / "big.png", blobs(96, 96, 0)[0])      # 16 tiles of 32, 4 passes
+    monkeypatch.setattr(unet.inference, "PROGRESS_DELAY_S", 0.0)
+    assert evaluate.main(["--image", image, "--network-param", checkpoint]) == 0
+    err = capsys.readouterr().err
+    assert "tiles:" in err and "/4 [" in err, err      # a bar of the 4 passes
+    assert evaluate.main(["--image", image, "--network-param", checkpoint, "--no-progress"]) == 0
+    assert "tiles" not in capsys.readouterr().err

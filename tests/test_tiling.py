@@ -177,3 +177,21 @@ def test_sample_tiles_spreads_padded_tiles_over_the_image():
     small = sample_tiles(image[:, :20, :10], 32, count=4)           # one padded tile
     assert small.shape == (1, 3, 32, 32)
     np.testing.assert_array_equal(small[0, :, 6:26, 11:21], image[:, :20, :10])
+
+
+def test_a_progress_bar_counts_the_forward_passes_of_each_image():
+    import io
+    from tqdm import tqdm
+    net = Pointwise()
+    net.initialize(mx.init.Normal(1.0))
+    image = random_image(83, 61)
+    _, _, rows = tile_layout(83, TILE, 8)
+    _, _, cols = tile_layout(61, TILE, 8)
+    passes = -(-len(rows) * len(cols) // 5)
+    with tqdm(total=0, file=io.StringIO()) as bar:
+        first = predict_probabilities(net, image, TILE, overlap=8, batch_size=5, progress=bar)
+        assert (bar.n, bar.total) == (passes, passes) and passes > 1
+        predict_probabilities(net, image, TILE, overlap=8, batch_size=5, tta=True, progress=bar)
+        assert bar.n == bar.total == passes + -(-8 * len(rows) * len(cols) // 5)
+    np.testing.assert_array_equal(
+        first, predict_probabilities(net, image, TILE, overlap=8, batch_size=5))

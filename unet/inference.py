@@ -6,10 +6,12 @@ the training masks' own values (0/255 for binary) comes out, at the image's size
 """
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
+from tqdm import tqdm
 
 from .atomic import atomic_path
 from .checkpoint import load_for_inference
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 PROBABILITY_FORMATS = ("png16", "npy")
 #: Tiles that calibrate an int8 network (``amp='int8'``), spread over the calibration images.
 CALIBRATION_TILES = 4
+#: Seconds of forward passes on one image before :meth:`Segmenter.predict` shows its bar.
+PROGRESS_DELAY_S = 1.0
 OVERLAY_COLOR = (255, 0, 0)
 
 
@@ -211,14 +215,18 @@ class Segmenter:
         self.forward_net = int8_inference_network(self.net, np.concatenate(tiles))
         self.needs_calibration = False
 
-    def predict(self, image, name="image"):
-        """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`."""
+    def predict(self, image, name="image", progress=False):
+        """Segment an ``(H, W, C)`` float32 [0, 1] image; returns a :class:`Prediction`.
+        ``progress``: a bar of the forward passes on stderr, shown once they take over a second
+        (default False)."""
         self.calibrate([image], [name])       # int8 not yet calibrated: on this image
-        probabilities = self._probabilities(image, name)
-        if self.members:
-            for member in self.members:
-                probabilities += member._probabilities(image, name)
-            probabilities /= 1 + len(self.members)
+        with tqdm(desc="tiles", unit="pass", total=0, leave=False, delay=PROGRESS_DELAY_S,
+                  disable=not progress, file=sys.stderr) as bar:
+            probabilities = self._probabilities(image, name, bar)
+            if self.members:
+                for member in self.members:
+                    probabilities += member._probabilities(image, name, bar)
+                probabilities /= 1 + len(self.members)
         if self.cell_splitting is None:
             classes = classes_from_probabilities(probabilities, self.threshold)
         else:
@@ -226,12 +234,13 @@ class Segmenter:
                                   self.cell_splitting).astype(np.int32)
         return Prediction(probabilities, classes, self.encoding.encode(classes))
 
-    def _probabilities(self, image, name):
+    def _probabilities(self, image, name, bar):
         """``(K, H, W)`` float32: this segmenter's own network on the ``(H, W, C)`` image."""
         image = self.normalization.apply(match_channels(image, self.channels, name))
         return predict_probabilities(
             self.forward_net, image, self.tile_size, ctx=self.ctx,
-            batch_size=self.batch_size, overlap=self.overlap, tta=self.tta)
+            batch_size=self.batch_size, overlap=self.overlap, tta=self.tta,
+            progress=None if bar.disable else bar)
 
 
 def output_paths(mask_path):
@@ -314,12 +323,14 @@ def _write_npy(path, array):
         raise InputError(f"{display_path(path)}: cannot write: {err.strerror or err}") from None
 
 
-def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=None):
+def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=None,
+                 progress=False):
     """Read ``image_path``, segment it, write the outputs; returns ``(prediction, written)``.
-    An output that would replace the image is refused before any work."""
+    An output that would replace the image is refused before any work. ``progress``: a bar of
+    the forward passes once they take over a second (default False)."""
     refuse_replacing_inputs(output_files(mask_path, overlay, probabilities), [image_path])
     image = read_image(image_path)
-    prediction = segmenter.predict(image, display_path(image_path))
+    prediction = segmenter.predict(image, display_path(image_path), progress=progress)
     return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities)
 
 

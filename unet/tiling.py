@@ -128,7 +128,8 @@ def sample_tiles(image, tile_size, count=4):
                      for y, x in (places[i] for i in evenly_spaced(len(places), count))])
 
 
-def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap=None, tta=False):
+def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap=None, tta=False,
+                          progress=None):
     """Class probabilities of ``net`` for a normalized image of any size, by overlap-tiling.
 
     Parameters
@@ -151,6 +152,9 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
     tta : bool, default False
         Average every tile over the 8 flips and quarter turns, each mapped back before averaging.
         Tiles, not the image, are turned, so every forward pass is still ``T x T``.
+    progress : tqdm.tqdm, default None
+        A progress bar counting forward passes: its total grows by this image's, and it
+        advances after each.
 
     Returns
     -------
@@ -164,9 +168,12 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
     window = blend_window(tile_size, overlap)
     transforms = range(8) if tta else [0]
     jobs = [(y, x, k) for y in rows for x in cols for k in transforms]
+    passes = -(-len(jobs) // batch_size)
     logger.debug("image %dx%d: %d tiles of %d, overlap %d, %d forward passes",
-                 height, width, len(rows) * len(cols), tile_size, overlap,
-                 -(-len(jobs) // batch_size))
+                 height, width, len(rows) * len(cols), tile_size, overlap, passes)
+    if progress is not None:
+        progress.total = (progress.total or 0) + passes
+        progress.refresh()
 
     total = None                                                 # (K, H', W') weighted sum
     weight = np.zeros(padded.shape[1:], np.float32)              # (H', W')
@@ -181,5 +188,7 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
             share = window / len(transforms)
             total[:, y:y + tile_size, x:x + tile_size] += undo_dihedral(prob, k) * share
             weight[y:y + tile_size, x:x + tile_size] += share
+        if progress is not None:
+            progress.update(1)
     total /= weight
     return total[:, pad_y0:pad_y0 + height, pad_x0:pad_x0 + width].copy()
