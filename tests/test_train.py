@@ -370,3 +370,27 @@ def test_distance_flags_reach_the_loss(tmp_path, demo, caplog, capsys):
     assert (training["distance_weight"], training["distance_clip"]) == (0.5, 3)
     code, _ = run(["--distance-weight", "1", "--num-classes", "3"], tmp_path / "bad", demo)
     assert code == 2 and "two classes" in capsys.readouterr().err
+
+
+def test_validation_shows_a_bar_on_a_terminal_only(demo, monkeypatch):
+    import io
+    import mxnet as mx
+    import unet.validation
+    from unet.config import ModelConfig
+    from unet.data import prepare_data
+    from unet.model import build_unet, initializer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    config = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, norm="batch",
+                         image_size=32)
+    net = build_unet(config)
+    net.initialize(initializer())
+    info = prepare_data(str(demo), 2)
+    monkeypatch.setattr(unet.validation, "PROGRESS_DELAY_S", 0.0)
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        scores, _ = unet.validation.validate(net, info, config, [mx.cpu()])
+        assert 0.0 <= scores["dice"] <= 1.0
+        assert ("validating" in stream.getvalue()) == shown, stream.getvalue()

@@ -25,8 +25,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".we
                   ".ppm", ".pbm", ".jp2")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # RGB -> gray, as cv2 and PIL do
 _MIN_STD = 1e-3
-#: Seconds the data check runs before its progress bar appears.
-CHECK_BAR_DELAY_S = 1.0
+#: Seconds of work before a progress bar appears (the data check, weight maps, validation, the
+#: forward passes on one image): quick work that fails prints its error line alone.
+PROGRESS_DELAY_S = 1.0
 
 
 @dataclass
@@ -281,7 +282,7 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
     Every pair is read once: image and mask readable, same height and width, sides at least
     ``min_size``, mask values of one format, one channel count. Normalization is computed over
     the training images. A tqdm bar on stderr shows the progress of a check that takes longer
-    than :data:`CHECK_BAR_DELAY_S`.
+    than :data:`PROGRESS_DELAY_S`.
 
     Parameters
     ----------
@@ -313,9 +314,8 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
     found, first = None, None  # channel count of the first image, and that image
     start = time.perf_counter()
     pairs = [(s, True) for s in train] + [(s, False) for s in validate]
-    # A bar only when the check takes a while: a quick one that fails prints its error alone.
     with tqdm(pairs, desc="checking data", unit="pair", leave=False,
-              delay=CHECK_BAR_DELAY_S) as progress:
+              delay=PROGRESS_DELAY_S) as progress:
         for sample, is_train in progress:
             image, values = _check_pair(sample, min_size)
             sizes[sample.image_path] = image.shape[:2]

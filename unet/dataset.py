@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .augment import augment as augment_sample
 from .augment import build_augmenter, center_crop
-from .data import match_channels
+from .data import PROGRESS_DELAY_S, match_channels
 from .imageio import display_path, read_image, read_mask
 from .weightmap import border_weight_map, boundary_band_weights
 from .workers import BatchWorkers
@@ -75,7 +75,7 @@ class SegmentationDataset(gluon.data.Dataset):
         if weight_map or boundary_weight > 0:
             start = time.perf_counter()
             masks = tqdm(self.samples, desc="weight maps", unit="mask", leave=False,
-                         delay=1.0)
+                         delay=PROGRESS_DELAY_S)
             for sample in masks:
                 if sample.mask_path not in self.weights:
                     classes = self._classes(sample)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .checkpoint import load_for_inference
-from .data import Normalization, match_channels
+from .data import PROGRESS_DELAY_S, Normalization, match_channels
 from .errors import InputError
 from .imageio import display_path, read_image, write_png
 from .masks import MaskEncoding
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 PROBABILITY_FORMATS = ("png16", "npy")
 #: Tiles that calibrate an int8 network (``amp='int8'``), spread over the calibration images.
 CALIBRATION_TILES = 4
-#: Seconds of forward passes on one image before :meth:`Segmenter.predict` shows its bar.
-PROGRESS_DELAY_S = 1.0
 OVERLAY_COLOR = (255, 0, 0)
 
 

@@ -1,5 +1,7 @@
 """Validation during training: whole validation images, predicted by overlap-tiling."""
-from .data import match_channels
+from tqdm import tqdm
+
+from .data import PROGRESS_DELAY_S, match_channels
 from .imageio import read_image, read_mask
 from .metrics import SegmentationMetric
 from .tiling import predict_probabilities
@@ -10,11 +12,13 @@ def validate(net, info, model_cfg, ctx, batch_size=4, num_panels=3):
 
     ``scores``: ``accuracy``, ``pixel_error``, ``mean_iou``, ``dice`` over all validation pixels.
     ``panels``: up to ``num_panels`` tuples ``(image (H, W, C) in [0, 1], mask, prediction, K)``
-    for TensorBoard.
+    for TensorBoard. A progress bar shows on a terminal when validation takes over a second.
     """
     metric = SegmentationMetric(model_cfg.num_classes)
     panels = []
-    for sample in info.validate:
+    # As the epoch's bar: on a terminal only.
+    for sample in tqdm(info.validate, desc="validating", unit="image", leave=False,
+                       delay=PROGRESS_DELAY_S, disable=None):
         raw = read_image(sample.image_path)
         image = info.normalization.apply(match_channels(raw, info.channels))   # (C, H, W)
         probs = predict_probabilities(net, image, model_cfg.image_size, ctx=ctx,
