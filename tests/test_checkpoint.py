@@ -393,30 +393,3 @@ def test_remove_stale_files_keeps_the_states_when_a_json_is_unreadable(tmp_path,
     checkpoint = _stale_folder(tmp_path, last_json)
     assert ckpt.remove_stale_files(checkpoint) == [".unet-last.params.tmp1234"]
     assert {"unet-last-step6.states", "unet-last-step3.states"} <= set(os.listdir(tmp_path))
-
-
-def test_run_lock_removes_its_file_and_a_lock_on_a_removed_file_is_taken_again(tmp_path,
-                                                                                monkeypatch):
-    import unet.lock
-    lock_path = str(tmp_path / "run.lock")
-    with RunLock(lock_path, "checkpoint unet.params"):
-        assert open(lock_path).read().strip() == str(os.getpid())
-    assert not os.path.exists(lock_path)          # nothing left beside the checkpoint
-    # The race: a run opens the file, the holder then removes it and unlocks, and the run's
-    # flock succeeds on a file no path names; a third run would make and lock a new one.
-    real_open_and_lock = RunLock._open_and_lock
-    tries = []
-
-    def raced(self, what):
-        fd = real_open_and_lock(self, what)
-        if not tries:
-            os.remove(self.path)
-        tries.append(fd)
-        return fd
-    monkeypatch.setattr(RunLock, "_open_and_lock", raced)
-    lock = RunLock(lock_path, "checkpoint unet.params")
-    assert len(tries) == 2 and unet.lock._names(lock_path, lock._fd)
-    monkeypatch.undo()
-    one_line_error(lambda: RunLock(lock_path, "checkpoint unet.params"), f"pid {os.getpid()}")
-    lock.release()
-    assert not os.path.exists(lock_path)
