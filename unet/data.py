@@ -281,8 +281,8 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
 
     Every pair is read once: image and mask readable, same height and width, sides at least
     ``min_size``, mask values of one format, one channel count. Normalization is computed over
-    the training images. A tqdm bar on stderr shows the progress of a check that takes longer
-    than :data:`PROGRESS_DELAY_S`.
+    the training images. On a terminal, a tqdm bar on stderr shows the progress of a check that
+    takes longer than :data:`PROGRESS_DELAY_S`.
 
     Parameters
     ----------
@@ -314,8 +314,8 @@ def prepare_data(data_dir, num_classes, channels=None, colormap=None, min_size=1
     found, first = None, None  # channel count of the first image, and that image
     start = time.perf_counter()
     pairs = [(s, True) for s in train] + [(s, False) for s in validate]
-    with tqdm(pairs, desc="checking data", unit="pair", leave=False,
-              delay=PROGRESS_DELAY_S) as progress:
+    with tqdm(pairs, desc="checking data", unit="pair", leave=False, delay=PROGRESS_DELAY_S,
+              disable=None) as progress:                                  # on a terminal
         for sample, is_train in progress:
             image, values = _check_pair(sample, min_size)
             sizes[sample.image_path] = image.shape[:2]

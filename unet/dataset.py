@@ -74,17 +74,17 @@ class SegmentationDataset(gluon.data.Dataset):
         self.weights = {}
         if weight_map or boundary_weight > 0:
             start = time.perf_counter()
-            masks = tqdm(self.samples, desc="weight maps", unit="mask", leave=False,
-                         delay=PROGRESS_DELAY_S)
-            for sample in masks:
-                if sample.mask_path not in self.weights:
-                    classes = self._classes(sample)
-                    weights = (border_weight_map(classes, w0, sigma) if weight_map
-                               else np.ones(classes.shape, np.float32))
-                    if boundary_weight > 0:
-                        weights += boundary_band_weights(classes, boundary_weight,
-                                                         boundary_sigma)
-                    self.weights[sample.mask_path] = weights
+            with tqdm(self.samples, desc="weight maps", unit="mask", leave=False,
+                      delay=PROGRESS_DELAY_S, disable=None) as masks:     # on a terminal
+                for sample in masks:
+                    if sample.mask_path not in self.weights:
+                        classes = self._classes(sample)
+                        weights = (border_weight_map(classes, w0, sigma) if weight_map
+                                   else np.ones(classes.shape, np.float32))
+                        if boundary_weight > 0:
+                            weights += boundary_band_weights(classes, boundary_weight,
+                                                             boundary_sigma)
+                        self.weights[sample.mask_path] = weights
             parts = []
             if weight_map:
                 parts.append(f"border map w0={w0:g}, sigma={sigma:g}")

@@ -172,8 +172,8 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
     logger.debug("image %dx%d: %d tiles of %d, overlap %d, %d forward passes",
                  height, width, len(rows) * len(cols), tile_size, overlap, passes)
     if progress is not None:
+        # No refresh(): tqdm's refresh draws a delayed bar at once, and then never clears it.
         progress.total = (progress.total or 0) + passes
-        progress.refresh()
 
     total = None                                                 # (K, H', W') weighted sum
     weight = np.zeros(padded.shape[1:], np.float32)              # (H', W')
