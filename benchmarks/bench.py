@@ -8,7 +8,7 @@ Tasks
 train   one training step: forward, loss, backward, optimizer update (batch ``--batch``)
 infer   one forward pass
 data    the data pipeline alone: load + augment, images/s with ``--workers`` loader workers
-epoch   a short real epoch of ``unet.train.train`` against the same number of pure steps
+epoch   a short real epoch of ``unet.training.loop.train`` against the same number of pure steps
 tiled   overlap-tiled inference of a 2048x2048 image against one 512x512 pass, per pixel
         (``--batch`` tiles per forward pass)
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from unet.cli import OneLineParser  # noqa: E402  (imports unet, not mxnet: as the CLIs, first)
+from unet.core.cli import OneLineParser  # noqa: E402  (imports unet, not mxnet: as the CLIs, first)
 
 TASKS = ("train", "infer", "data", "epoch", "tiled")
 STEP_TASKS = ("train", "infer")
@@ -50,7 +50,8 @@ def machine_info():
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from unet import amx, threads   # as the CLIs: unet's defaults (threads, AMX) reach the rows
+    from unet.core import amx  # as the CLIs: unet's defaults (threads, AMX) reach the rows
+    from unet.core import threads
     try:
         from importlib.metadata import version
         mxnet = version("mxnet")
@@ -115,7 +116,7 @@ def median(values):
 
 
 def model_config(spec, size):
-    from unet.config import ModelConfig
+    from unet.model.config import ModelConfig
     return ModelConfig(in_channels=spec["channels"], image_size=size, norm=spec["norm"],
                        base_channels=spec["base_channels"], depth=spec["depth"])
 
@@ -129,7 +130,7 @@ def conv_gflop(cfg, height, width):
     import dataclasses
     import mxnet as mx
     from mxnet.gluon import nn
-    from unet.model import build_unet
+    from unet.model.network import build_unet
     small = cfg.size_multiple
     twin = build_unet(dataclasses.replace(cfg, norm="batch", image_size=small))
     twin.initialize()
@@ -158,15 +159,15 @@ def conv_gflop(cfg, height, width):
 def build_net(spec, size, amp_init, training=False):
     """The network of a row. ``training``: as ``segmenter.py`` builds it, with the compiled layer
     norm (unless ``--no-fused-norm``) and, in fp32, the Winograd convolutions (unless
-    ``--no-winograd``) of ``unet.native``; else as ``evaluate.py`` builds its float32 network,
+    ``--no-winograd``) of ``unet.model.native``; else as ``evaluate.py`` builds its float32 network,
     on MXNet's operators (:func:`prepare_infer_net` makes the Winograd copy)."""
     import mxnet as mx
-    from unet.model import build_unet, initializer
+    from unet.model.network import build_unet, initializer
     if amp_init:
-        from unet.precision import init_amp
+        from unet.model.precision import init_amp
         init_amp("bf16")
     if spec["recompute"]:   # as segmenter.py --recompute: before the first array
-        from unet.recompute import use_lean_allocator
+        from unet.training.recompute import use_lean_allocator
         use_lean_allocator()
     cfg = model_config(spec, size)
     net = build_unet(cfg, fast_norm=spec["fast_norm"], fused_norm=training and spec["fused_norm"],
@@ -183,7 +184,7 @@ def build_net(spec, size, amp_init, training=False):
 
 def _norm_kernel(net):
     """The layer-norm implementation ``net`` was built with: mxnet, gemv or fused."""
-    from unet import fastnorm
+    from unet.model import fastnorm
     norm = net.stem.norm1
     if isinstance(norm, fastnorm.LayerNorm):
         return "fused" if norm._fused else "gemv"
@@ -202,19 +203,19 @@ def inputs(spec, cfg, size, seed=0):
 def run_train(spec):
     import mxnet as mx
     from mxnet import autograd, gluon
-    from unet.losses import SegmentationLoss
+    from unet.training.losses import SegmentationLoss
     bf16 = spec["amp"] == "bf16"
     cfg, net = build_net(spec, spec["size"], amp_init=bf16, training=True)
     x, y, w = inputs(spec, cfg, spec["size"])
     loss_fn = SegmentationLoss("ce", cfg.num_classes)
     loss_fn.hybridize()
     trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-4})
-    # As unet.train: bfloat16 needs no loss scaling (unet.precision.uses_loss_scaling).
+    # As unet.training.loop: bfloat16 needs no loss scaling (unet.model.precision.uses_loss_scaling).
     losses = []
 
     def step():
         if spec["recompute"]:
-            from unet.recompute import forward_backward
+            from unet.training.recompute import forward_backward
             loss = forward_backward(net, loss_fn, x, y, w)
             trainer.step(spec["batch"])
             losses.append(float(loss.mean().asscalar()))
@@ -244,15 +245,15 @@ def prepare_infer_net(spec, size):
     reference = None if winograd else net(x)
     plain = net
     if spec["amp"] == "bf16":   # as evaluate.py --amp bf16 does
-        from unet.precision import bf16_inference_network
+        from unet.model.precision import bf16_inference_network
         net = bf16_inference_network(net, cfg.in_channels, size)
     elif spec["amp"] == "int8":  # as evaluate.py --amp int8 does, on 4 random tiles
         import numpy as np
-        from unet.precision import int8_inference_network
+        from unet.model.precision import int8_inference_network
         tiles = np.random.default_rng(1).uniform(-1, 1, (4, cfg.in_channels, size, size))
         net = int8_inference_network(net, tiles.astype(np.float32))
     elif winograd:                  # as evaluate.py does in fp32
-        from unet.model import inference_copy
+        from unet.model.network import inference_copy
         net = inference_copy(net)
         if spec["static"]:
             net.hybridize(static_alloc=True, static_shape=True)
@@ -290,7 +291,7 @@ def run_infer(spec):
 
 def run_tiled(spec):
     import numpy as np
-    from unet.tiling import predict_probabilities
+    from unet.inference.tiling import predict_probabilities
     tile = spec["size"]
     cfg, net, x, _ = prepare_infer_net(dict(spec, batch=1), tile)
     side = spec["tiled_image"]
@@ -311,14 +312,14 @@ def run_tiled(spec):
 
 
 def demo_dataset(folder, size, count):
-    from unet.demo_data import generate_demo_dataset
+    from unet.data.demo import generate_demo_dataset
     generate_demo_dataset(folder, seed=0, size=size, n_train=count, n_validate=2, n_test=1)
     return folder
 
 
 def run_data(spec):
-    from unet.data import prepare_data
-    from unet.dataset import EpochLoader, SegmentationDataset
+    from unet.data.samples import prepare_data
+    from unet.data.loader import EpochLoader, SegmentationDataset
     size, count = spec["size"], spec["epoch_images"]
     with tempfile.TemporaryDirectory() as folder:
         info = prepare_data(demo_dataset(folder, size, count), 2, channels=spec["channels"])
@@ -347,7 +348,7 @@ WARMUP_EPOCHS, TIMED_EPOCHS = 2, 2
 
 
 def run_epoch(spec):
-    """The last ``TIMED_EPOCHS`` epochs of one ``unet.train.train`` run of
+    """The last ``TIMED_EPOCHS`` epochs of one ``unet.training.loop.train`` run of
     ``WARMUP_EPOCHS + TIMED_EPOCHS``, each from the end of the previous epoch to the end of its
     own (steps, validation, logging, checkpoints); ``parts_ms``: the mean time per epoch of its
     steps (with the waits for data), validation, checkpoint (what the epoch waits for: the copy of
@@ -356,11 +357,11 @@ def run_epoch(spec):
     next's (the whole step: data, forward, backward, update, loss readout, logging). The pure
     steps to compare with are measured by the parent, in fresh processes
     (:func:`add_epoch_reference`)."""
-    from unet import steps as step_loop
-    from unet import train as training
-    from unet.saver import CheckpointSaver
-    from unet.tb import TrainingLog
-    from unet.train_config import TrainConfig
+    from unet.training import steps as step_loop
+    from unet.training import loop as training
+    from unet.checkpoints.saver import CheckpointSaver
+    from unet.training.tensorboard import TrainingLog
+    from unet.training.config import TrainConfig
     size, count = spec["size"], spec["epoch_images"]
     ends, real_end_epoch = [], training._Run._end_epoch
     parts = {"steps": 0.0, "validation": 0.0, "checkpoint": 0.0, "histograms": 0.0}
@@ -445,13 +446,13 @@ def add_epoch_reference(row, references):
 
 RUNNERS = {"train": run_train, "infer": run_infer, "data": run_data, "epoch": run_epoch,
            "tiled": run_tiled}
-NEEDS = {"data": "unet.dataset", "epoch": "unet.train", "tiled": "unet.tiling"}
+NEEDS = {"data": "unet.data.loader", "epoch": "unet.training.loop", "tiled": "unet.inference.tiling"}
 
 
 def child(spec):
     """Measure one row in this (fresh) process; returns the row dict."""
     import importlib
-    import unet      # noqa: F401  (before mxnet, as the CLIs: threads and AMX, unet.amx)
+    import unet      # noqa: F401  (before mxnet, as the CLIs: threads and AMX, unet.core.amx)
     import cv2
     cv2.setNumThreads(0)
     row = {k: spec[k] for k in ("task", "size", "channels", "batch")}
@@ -504,7 +505,7 @@ def child_env(spec):
     if spec["mirror"]:
         env["MXNET_BACKWARD_DO_MIRROR"] = "1"
     if not spec["fused_norm"] and spec["task"] == "epoch":
-        env["UNET_NATIVE"] = "0"        # unet.train builds with the kernels: turn them all off
+        env["UNET_NATIVE"] = "0"        # unet.training.loop builds with the kernels: turn them all off
     if spec["fuse"] and spec["norm"] == "layer":
         # MXNet 1.9.1 wires the wrong inputs into a conv+sum fusion next to a LayerNorm
         # ("Shape inconsistent, Provided = [64]"): keep the other fusions, skip that one.
@@ -594,7 +595,7 @@ def build_parser():
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS),
                    help="what to time (default: all): train (a training step), infer (a "
-                        "forward pass), data (the loader), epoch (a short unet.train run), tiled "
+                        "forward pass), data (the loader), epoch (a short unet.training.loop run), tiled "
                         "(overlap-tiled inference); a row per task, size and channel count")
     p.add_argument("--size", nargs="+", type=int, default=None,
                    help="image side, a multiple of 2**depth (default 256 512; data/epoch 256; "
@@ -618,13 +619,13 @@ def build_parser():
                    help="the model's normalization (default layer: nn.LayerNorm over the width, "
                         "as the reference; batch: BatchNorm)")
     g.add_argument("--fast-norm", action="store_true",
-                   help="unet.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
+                   help="unet.model.fastnorm.LayerNorm: the same function as nn.LayerNorm, faster backward")
     g.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
                    help="training: MXNet's layer norms (or --fast-norm's) instead of the compiled "
-                        "kernel of unet.native that segmenter.py uses on CPUs")
+                        "kernel of unet.model.native that segmenter.py uses on CPUs")
     g.add_argument("--no-winograd", dest="winograd", action="store_false",
                    help="fp32 rows, training and inference: MXNet's own 3x3 convolutions "
-                        "instead of the compiled Winograd kernels of unet.native, the default "
+                        "instead of the compiled Winograd kernels of unet.model.native, the default "
                         "of segmenter.py and evaluate.py on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
@@ -632,7 +633,7 @@ def build_parser():
     g.add_argument("--recompute", action="store_true",
                    help="training as segmenter.py --recompute: keep a few activations, "
                         "recompute the rest in backward, no static_alloc, lean allocator "
-                        "(unet.recompute)")
+                        "(unet.training.recompute)")
     g.add_argument("--no-static", dest="static", action="store_false",
                    help="hybridize without static_alloc/static_shape")
     g.add_argument("--threads", type=int, default=0,

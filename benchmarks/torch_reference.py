@@ -6,7 +6,7 @@ does not depend on torch), e.g.
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 numpy
     /tmp/torchenv/bin/python benchmarks/torch_reference.py --size 256 512
 
-Architecture as unet.model with the defaults: residual BaseConvBlocks (1x1 projection, 3x3 conv,
+Architecture as unet.model.network with the defaults: residual BaseConvBlocks (1x1 projection, 3x3 conv,
 LayerNorm over the width, LeakyReLU 0.01, 3x3 conv, LayerNorm, sum, LeakyReLU), 2x2 max-pooling,
 nearest up-sampling + 3x3 conv, concatenation, 1x1 head; batch 1, 1 input channel, 2 classes,
 35.9M parameters at 3 channels. Training step: forward, softmax cross-entropy, backward, Adam.

@@ -31,7 +31,7 @@ python="${PYTHON:-.venv/bin/python}"
 eval_flags=()
 [[ "${TTA:-1}" == 1 ]] && eval_flags+=(--tta)
 [[ "${SPLIT_CELLS:-1}" == 1 ]] && eval_flags+=(--split-cells)
-# One OpenMP thread per physical core unless OMP_NUM_THREADS is set (unet/threads.py); where
+# One OpenMP thread per physical core unless OMP_NUM_THREADS is set (unet/core/threads.py); where
 # other jobs share the cores, OMP_NUM_THREADS=1 is up to 4x faster (threads spin waiting for each
 # other; docs/quality.md).
 

@@ -60,7 +60,7 @@ EPOCH_LINE = re.compile(r"INFO epoch (\d+)/")
 
 
 def make_dataset(root):
-    from unet.demo_data import generate_demo_dataset
+    from unet.data.demo import generate_demo_dataset
     generate_demo_dataset(root, seed=3, size=64, n_train=8, n_validate=2, n_test=2)
     return root
 
@@ -118,9 +118,9 @@ class Ledger:
 
     def check(self, path):
         """Load ``path`` as evaluate.py does; return (meta, problem or None)."""
-        from unet.checkpoint import sha256_file
-        from unet.errors import InputError
-        from unet.inference import Segmenter
+        from unet.checkpoints.checkpoint import sha256_file
+        from unet.core.errors import InputError
+        from unet.inference.segmenter import Segmenter
         try:
             segmenter = Segmenter.from_checkpoint(path)
         except InputError as err:
@@ -208,8 +208,8 @@ def leftovers(path):
 
 def kill_campaign(root, kills, seed=0, log=None):
     """Run the kill trials under ``root``; returns a dict of counts and per-trial records."""
-    from unet.checkpoint import last_path
-    from unet.imageio import read_image
+    from unet.checkpoints.checkpoint import last_path
+    from unet.data.imageio import read_image
     log = log or (lambda text: None)
     data = make_dataset(os.path.join(root, "data"))
     ckpt = os.path.join(root, "ck", "unet.params")
@@ -227,7 +227,7 @@ def kill_campaign(root, kills, seed=0, log=None):
     resume = args + ["--checkpoint", "load", "--num-epochs", "1000"]
     trials = plan_trials(kills, seed)
     for number, trial in enumerate(trials, 1):
-        from unet.checkpoint import read_meta
+        from unet.checkpoints.checkpoint import read_meta
         before = read_meta(paths["last"])["epoch"]
         left = leftovers(paths["last"])
         start = time.perf_counter()
@@ -350,7 +350,7 @@ class Workspace:
         return shutil.copytree(self.data, os.path.join(folder, "data"))
 
     def copy_checkpoint(self, folder):
-        from unet.checkpoint import meta_path
+        from unet.checkpoints.checkpoint import meta_path
         target = os.path.join(folder, "unet.params")
         shutil.copy(self.ckpt, target)
         shutil.copy(meta_path(self.ckpt), meta_path(target))
@@ -373,7 +373,7 @@ def call_cli(name, argv):
     included, as a process of its own would print them: the log handler that the first call's
     ``logging.basicConfig`` bound to its own stderr is pointed at this call's, and where there
     is none (under pytest, whose handlers make ``basicConfig`` do nothing) one is added, with the
-    INFO level that ``unet.cli.setup_logging`` sets."""
+    INFO level that ``unet.core.cli.setup_logging`` sets."""
     module = __import__(name)
     err, out = io.StringIO(), io.StringIO()
     root = logging.getLogger()
@@ -415,7 +415,7 @@ def write(path, data):
 
 def fix_sha(params, change=None):
     """Rewrite ``params``' JSON so that its sha256 matches the file (an edited checkpoint)."""
-    from unet.checkpoint import meta_path, sha256_file
+    from unet.checkpoints.checkpoint import meta_path, sha256_file
     with open(meta_path(params), encoding="utf-8") as handle:
         meta = json.load(handle)
     if change:
@@ -546,7 +546,7 @@ def evaluate_checkpoint_cases(ws):
 
     def json_edit(label, change, *words):
         def make(target, f):
-            from unet.checkpoint import meta_path
+            from unet.checkpoints.checkpoint import meta_path
             if callable(change):
                 fix_sha(target, change)
             elif change is None:
@@ -574,7 +574,7 @@ def evaluate_checkpoint_cases(ws):
 
     def states_pickle(f):
         """evaluate.py on a last checkpoint whose optimizer state is a pickle: never read."""
-        from unet.checkpoint import last_path
+        from unet.checkpoints.checkpoint import last_path
         run = shutil.copytree(os.path.dirname(ws.ckpt), os.path.join(f, "ck"))
         last = last_path(os.path.join(run, "unet.params"))
         with open(last + ".json", encoding="utf-8") as handle:
@@ -625,7 +625,7 @@ def training_data_cases(ws):
     def same_training(f, channels):
         def verify():
             if not baseline:
-                from unet.checkpoint import meta_path
+                from unet.checkpoints.checkpoint import meta_path
                 baseline.update(read_json(meta_path(ws.ckpt))["data"])
             got = normalization_of(f)
             if got["channels"] != channels:
@@ -673,7 +673,7 @@ def training_data_cases(ws):
 def resume_cases(ws):
     def resume(label, edit, *words, flags=(), marker=None):
         def case(f):
-            from unet.checkpoint import last_path
+            from unet.checkpoints.checkpoint import last_path
             run = shutil.copytree(os.path.dirname(ws.ckpt), os.path.join(f, "ck"))
             ckpt = os.path.join(run, "unet.params")
             edit(last_path(ckpt), run)
@@ -693,7 +693,7 @@ def resume_cases(ws):
 
     def without_json(f):
         """Refused, and the optimizer state stays for a restored JSON to name again."""
-        from unet.checkpoint import last_path
+        from unet.checkpoints.checkpoint import last_path
         run = shutil.copytree(os.path.dirname(ws.ckpt), os.path.join(f, "ck"))
         last = last_path(os.path.join(run, "unet.params"))
         states = os.path.join(run, read_json(last + ".json")["optimizer_state"]["file"])
@@ -715,7 +715,7 @@ def resume_cases(ws):
     def malicious(last, run):
         states(last, run, pickle.dumps(Payload(marker)))
         name = read_json(last + ".json")["optimizer_state"]["file"]
-        from unet.checkpoint import sha256_file
+        from unet.checkpoints.checkpoint import sha256_file
         fix_sha(last, lambda m: m["optimizer_state"].update(
             sha256=sha256_file(os.path.join(run, name))))
     yield resume("an optimizer state that is a pickle (hashes fixed)", malicious, "states",

@@ -11,8 +11,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from unet.config import ModelConfig
-from unet.model import build_unet, initializer
+from unet.model.config import ModelConfig
+from unet.model.network import build_unet, initializer
 
 TINY = dict(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32)
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unet import checkpoint as ckpt
-from unet.errors import InputError
-from unet.imageio import read_image, read_mask
+from unet.checkpoints import checkpoint as ckpt
+from unet.core.errors import InputError
+from unet.data.imageio import read_image, read_mask
 
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -102,8 +102,8 @@ def test_mutated_pngs_into_the_image_readers(tmp_path, seed, ops):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from unet.config import ModelConfig
-    from unet.model import build_unet, initializer
+    from unet.model.config import ModelConfig
+    from unet.model.network import build_unet, initializer
     import mxnet as mx
     folder = tmp_path_factory.mktemp("fuzz-ck")
     config = ModelConfig(in_channels=1, num_classes=2, base_channels=4, depth=2, image_size=32,
@@ -182,7 +182,7 @@ def mutated_meta(draw, meta):
 @FUZZ
 @given(mutation=st.data())
 def test_mutated_json_into_the_checkpoint_loader(tmp_path, checkpoint, mutation):
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
     params, meta = checkpoint
     text = mutation.draw(mutated_meta(meta))
     folder = tmp_path / f"j{abs(hash(text)) % 10 ** 8}"

@@ -1,0 +1,206 @@
+"""Segment images with a trained U-Net checkpoint, score them, or export the network
+(``evaluate.py``, ``unet-evaluate``).
+
+    python evaluate.py --image ./input.png --network-param ./unet_best.params
+    python evaluate.py --image ./images/ --network-param ./unet_best.params --tta
+    python evaluate.py --data-dir ./data --network-param ./unet_best.params
+    python evaluate.py --network-param ./unet_best.params --export ./deploy/unet
+"""
+import dataclasses
+import os
+import sys
+
+from unet.core.cli import OneLineParser, int_list, run_guarded, setup_logging
+from unet.core.errors import InputError
+from unet.inference.evaluation import check_samples, format_table, list_dataset, list_folder, \
+    segment_samples, write_metrics
+from unet.model.export import export_network
+from unet.core.held_logs import held_info_lines
+from unet.inference.segmenter import Segmenter, contexts, default_mask_path, segment_file
+from unet.inference.postprocess import CellSplitting
+
+
+def build_parser():
+    parser = OneLineParser(
+        description="Segment images with a trained U-Net. The network is rebuilt from the "
+                    "checkpoint's own config: no architecture flags.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image", metavar="PATH",
+                        help="an image file, or a folder of images (a folder named 'image' is "
+                             "scored against a sibling 'mask' folder where masks exist)")
+    source.add_argument("--data-dir", metavar="DIR",
+                        help="a dataset root: segments DIR/SPLIT/image and scores against "
+                             "DIR/SPLIT/mask where masks exist")
+    parser.add_argument("--split", default="test",
+                        help="split of --data-dir to segment (default: test; e.g. validate)")
+    parser.add_argument("--network-param", metavar="PATH", required=True, nargs="+",
+                        action="extend",
+                        help="checkpoint written by segmenter.py (its PATH.json must be beside "
+                             "it); several checkpoints (after one flag or repeated flags) make an "
+                             "ensemble: their probabilities are averaged, then thresholded (they "
+                             "must share the classes and mask encoding; --export takes one)")
+    parser.add_argument("--output", metavar="PATH",
+                        help="mask file (or folder) for a single image (default: NAME_mask.png "
+                             "beside it); "
+                             "output folder in folder mode (default: FOLDER_masks beside the "
+                             "folder, or ./predictions for --data-dir)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write NAME_overlay.png: the input with predicted boundaries")
+    parser.add_argument("--probabilities", choices=("png16", "npy"),
+                        help="also write the foreground probability map as NAME_prob.png "
+                             "(16-bit, 0..65535) or NAME_prob.npy (float32)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and 90-degree rotations of every tile")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="tiles per forward pass (default: 4)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="minimum overlap of neighbouring tiles in pixels "
+                             "(default: a quarter of the tile size)")
+    parser.add_argument("--gpu-id", metavar="IDS", type=int_list, default=(),
+                        help="comma-separated GPU numbers, e.g. 0 or 0,1 (default: CPU)")
+    parser.add_argument("--amp", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="bf16: run a bfloat16 copy of the network on the CPU, about 0.65x "
+                             "the time on CPUs with avx512_bf16; probabilities within ~2e-4 of "
+                             "fp32 on average. int8: an int8 copy (oneDNN), about 0.3-0.35x the "
+                             "time on CPUs with avx512_vnni, calibrated on 4 tiles spread over up "
+                             "to 4 of the images (evenly over a folder); costs a few seconds to a "
+                             "minute to set up, so use it for folders (default: fp32)")
+    parser.add_argument("--no-winograd", action="store_true",
+                        help="fp32 on the CPU: run MXNet's own 3x3 convolutions instead of the "
+                             "compiled Winograd kernel (unet/native, about 2x faster, the same "
+                             "probabilities up to float rounding; compiled on first use, and "
+                             "skipped with a warning where it cannot be)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="foreground probability threshold of a binary model (default: 0.5; "
+                             "refused for a model of more classes, which takes the argmax)")
+    defaults = CellSplitting()
+    parser.add_argument("--split-cells", action="store_true",
+                        help="separate touching cells of a binary model: a seeded watershed on "
+                             "the cell probability draws a 1-pixel membrane where two cells meet "
+                             "through a gap (lowers the Rand error; not in the reference)")
+    parser.add_argument("--seed-threshold", type=float, default=None,
+                        help="with --split-cells: cell probability of the cell cores that seed "
+                             f"the watershed (default: {defaults.seed_threshold})")
+    parser.add_argument("--min-seed-size", type=int, default=None,
+                        help="with --split-cells: smallest core in pixels that seeds a cell "
+                             f"(default: {defaults.min_seed_size})")
+    parser.add_argument("--min-hole-size", type=int, default=None,
+                        help="with --split-cells: membrane specks inside a cell up to this many "
+                             f"pixels become cell; 0 keeps them (default: {defaults.min_hole_size})")
+    parser.add_argument("--export", metavar="PREFIX",
+                        help="write PREFIX-symbol.json, PREFIX-0000.params, PREFIX.json and "
+                             "PREFIX.onnx (when the onnx package is installed)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (a folder's images; a single image's "
+                             "forward passes, shown once they take over a second)")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def check_options(args):
+    if args.export and len(args.network_param) > 1:
+        raise InputError(f"--export writes one network; got {len(args.network_param)} "
+                         f"checkpoints")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.overlap is not None and args.overlap < 0:
+        raise InputError(f"--overlap must be non-negative, got {args.overlap}")
+
+
+def cell_splitting(args):
+    """The CellSplitting of the flags, or None without --split-cells."""
+    given = {name: getattr(args, name) for name in ("seed_threshold", "min_seed_size",
+                                                      "min_hole_size")
+             if getattr(args, name) is not None}
+    if not args.split_cells:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise InputError(f"{flags} only apply with --split-cells")
+        return None
+    try:
+        return dataclasses.replace(CellSplitting(), **given)
+    except ValueError as err:
+        raise InputError(f"--split-cells: {err}") from None
+
+
+def _load_segmenter(args):
+    """The Segmenter of the checkpoints and flags; with ``--export``, the network exported."""
+    ctx = contexts(args.gpu_id)
+    segmenter = Segmenter.from_checkpoints(
+        args.network_param, ctx=ctx, batch_size=args.batch_size, tta=args.tta,
+        threshold=args.threshold, overlap=args.overlap, cell_splitting=cell_splitting(args),
+        amp=args.amp, winograd=not args.no_winograd)
+    tile = min(s.tile_size for s in [segmenter] + segmenter.members)
+    if args.overlap is not None and args.overlap >= tile:
+        raise InputError(f"--overlap {args.overlap} must be smaller than the tile size {tile}")
+    if args.export:
+        for path in export_network(segmenter.net, segmenter.meta, args.export):
+            print(path)
+    return segmenter
+
+
+def _segment_one(segmenter, args):
+    """Segment the single image ``--image``; prints the files written."""
+    mask_path = args.output or default_mask_path(args.image)
+    if os.path.isdir(mask_path):
+        mask_path = default_mask_path(args.image, mask_path)
+    _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
+                              args.probabilities, progress=not args.no_progress)
+    for path in written:
+        print(path)
+    return 0
+
+
+def run(args):
+    check_options(args)
+    # Until the work on a folder starts (a single image: until it is done), a bad input is its
+    # error line alone.
+    with held_info_lines():
+        segmenter = _load_segmenter(args)
+        if args.image and os.path.isfile(args.image):
+            return _segment_one(segmenter, args)    # short: held to its end
+        if args.image:
+            if not os.path.isdir(args.image):
+                raise InputError(f"{args.image}: no such file or folder")
+            samples = list_folder(args.image)
+            output = args.output or os.path.normpath(args.image) + "_masks"
+        elif args.data_dir:
+            samples = list_dataset(args.data_dir, args.split)
+            output = args.output or "predictions"
+        else:
+            return 0
+        check_samples(samples, output, args.overlay, args.probabilities, segmenter.encoding)
+    rows = segment_samples(segmenter, samples, output, args.overlay, args.probabilities,
+                           progress=not args.no_progress, checked=True)
+    print(f"{len(samples)} masks in {output}")
+    if rows:
+        splitting = segmenter.cell_splitting
+        checkpoints = [os.path.abspath(p) for p in args.network_param]
+        info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+                "tta": args.tta, "num_images": len(samples),
+                "threshold": segmenter.threshold if segmenter.num_classes == 2 else None,
+                "split_cells": splitting.to_dict() if splitting else None}
+        paths = write_metrics(output, rows, info)
+        print(format_table(rows))
+        print(f"metrics: {paths[0]} {paths[1]}")
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.image or args.data_dir or args.export):
+        parser.error("give --image, --data-dir or --export")
+    setup_logging(args.verbose)
+    return run_guarded(lambda: run(args))
+
+
+def console_main():
+    """``evaluate.py`` and ``unet-evaluate``: :func:`main`'s exit code, as the process's."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
