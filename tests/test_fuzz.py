@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unet.checkpoints import checkpoint as ckpt
+from unet.checkpoints import files, loading, writing
 from unet.core.errors import InputError
 from unet.data.imageio import read_image, read_mask
 
@@ -112,14 +112,14 @@ def checkpoint(tmp_path_factory):
     net.initialize(initializer())
     net(mx.nd.zeros((1, 1, 32, 32)))
     path = str(folder / "unet.params")
-    ckpt.save_checkpoint(net, path, {
+    writing.save_checkpoint(net, path, {
         "model": config.to_dict(), "epoch": 1, "global_step": 2, "best_score": 0.5,
         "best_epoch": 1, "data": {"channels": 1, "normalization": {"mean": [0.5], "std": [0.2]},
                                   "encoding": {"kind": "binary", "values": [0, 255],
                                                "colormap": None}}})
     with open(path, "rb") as handle:
         params = handle.read()
-    with open(ckpt.meta_path(path), encoding="utf-8") as handle:
+    with open(files.meta_path(path), encoding="utf-8") as handle:
         meta = json.load(handle)
     return params, meta
 
@@ -129,8 +129,8 @@ def write_checkpoint(folder, params, meta, fix_sha):
     with open(path, "wb") as handle:
         handle.write(params)
     if fix_sha:
-        meta = dict(meta, params_sha256=ckpt.sha256_file(path))
-    with open(ckpt.meta_path(path), "w", encoding="utf-8") as handle:
+        meta = dict(meta, params_sha256=files.sha256_file(path))
+    with open(files.meta_path(path), "w", encoding="utf-8") as handle:
         handle.write(meta if isinstance(meta, str) else json.dumps(meta))
     return path
 
@@ -145,7 +145,7 @@ def test_mutated_params_into_the_checkpoint_loader(tmp_path, checkpoint, ops, fi
     folder = tmp_path / f"c{abs(hash(data)) % 10 ** 8}"
     folder.mkdir()
     path = write_checkpoint(str(folder), data, meta, fix_sha)
-    result = only_input_error(ckpt.load_for_inference, path)
+    result = only_input_error(loading.load_for_inference, path)
     if not fix_sha and data != params:
         assert result is None
     shutil.rmtree(folder)

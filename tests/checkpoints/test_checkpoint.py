@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from unet.checkpoints import checkpoint as ckpt
+from unet.checkpoints import files, loading, writing
 from unet.core.errors import InputError
 from unet.checkpoints.lock import RunLock
 
@@ -25,7 +25,7 @@ def saved(make_net, make_meta, tmp_path, **overrides):
     """A batch-norm tiny net saved as ``tmp_path/unet.params``; returns ``(net, path)``."""
     net = make_net(norm="batch", **overrides)
     path = str(tmp_path / "unet.params")
-    ckpt.save_checkpoint(net, path, make_meta(net.config))
+    writing.save_checkpoint(net, path, make_meta(net.config))
     return net, path
 
 
@@ -40,10 +40,10 @@ def one_line_error(call, *names):
 
 
 def edit_json(path, change):
-    with open(ckpt.meta_path(path), encoding="utf-8") as handle:
+    with open(files.meta_path(path), encoding="utf-8") as handle:
         meta = json.load(handle)
     change(meta)
-    with open(ckpt.meta_path(path), "w", encoding="utf-8") as handle:
+    with open(files.meta_path(path), "w", encoding="utf-8") as handle:
         json.dump(meta, handle)
 
 
@@ -53,11 +53,11 @@ def leftovers(folder):
 
 def test_save_read_load_round_trip(make_net, make_meta, tmp_path):
     net, path = saved(make_net, make_meta, tmp_path)
-    meta = ckpt.read_meta(path)
+    meta = files.read_meta(path)
     assert meta["model_config"] == net.config
-    assert (meta["epoch"], meta["global_step"], meta["format"]) == (1, 10, ckpt.FORMAT)
-    assert meta["params_sha256"] == ckpt.sha256_file(path)
-    loaded, _ = ckpt.load_for_inference(path)
+    assert (meta["epoch"], meta["global_step"], meta["format"]) == (1, 10, files.FORMAT)
+    assert meta["params_sha256"] == files.sha256_file(path)
+    loaded, _ = loading.load_for_inference(path)
     np.testing.assert_array_equal(output(loaded), output(net))
     assert sorted(os.listdir(tmp_path)) == ["unet.params", "unet.params.json"]
 
@@ -88,15 +88,15 @@ def flip_weight_byte(path):
 def test_damaged_params_file(make_net, make_meta, tmp_path, damage):
     _, path = saved(make_net, make_meta, tmp_path)
     damage(path)
-    one_line_error(lambda: ckpt.load_for_inference(path), path, "sha256")
+    one_line_error(lambda: loading.load_for_inference(path), path, "sha256")
 
 
 def test_missing_params_and_missing_json(make_net, make_meta, tmp_path):
     _, path = saved(make_net, make_meta, tmp_path)
-    one_line_error(lambda: ckpt.read_meta(str(tmp_path / "none.params")), "none.params")
-    one_line_error(lambda: ckpt.read_meta(str(tmp_path)), str(tmp_path), "is a folder")
-    os.remove(ckpt.meta_path(path))
-    one_line_error(lambda: ckpt.load_for_inference(path), path, ckpt.meta_path(path))
+    one_line_error(lambda: files.read_meta(str(tmp_path / "none.params")), "none.params")
+    one_line_error(lambda: files.read_meta(str(tmp_path)), str(tmp_path), "is a folder")
+    os.remove(files.meta_path(path))
+    one_line_error(lambda: loading.load_for_inference(path), path, files.meta_path(path))
 
 
 def drop(key):
@@ -123,25 +123,25 @@ def setter(key, value):
 def test_json_with_missing_or_wrong_fields(make_net, make_meta, tmp_path, change, names):
     _, path = saved(make_net, make_meta, tmp_path)
     edit_json(path, change)
-    one_line_error(lambda: ckpt.load_for_inference(path), ckpt.meta_path(path), *names)
+    one_line_error(lambda: loading.load_for_inference(path), files.meta_path(path), *names)
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "{not json", "", '{"format": "other", "epoch": 1}'])
 def test_json_of_another_kind(make_net, make_meta, tmp_path, text):
     _, path = saved(make_net, make_meta, tmp_path)
-    with open(ckpt.meta_path(path), "w", encoding="utf-8") as handle:
+    with open(files.meta_path(path), "w", encoding="utf-8") as handle:
         handle.write(text)
-    one_line_error(lambda: ckpt.read_meta(path), ckpt.meta_path(path))
+    one_line_error(lambda: files.read_meta(path), files.meta_path(path))
 
 
 def test_checkpoint_of_another_architecture(make_net, make_meta, tmp_path):
     _, path = saved(make_net, make_meta, tmp_path, base_channels=8)
     narrow = make_net(norm="batch", base_channels=4)
-    one_line_error(lambda: ckpt.load_parameters(narrow, path, mx.cpu()), path, "does not fit")
+    one_line_error(lambda: loading.load_parameters(narrow, path, mx.cpu()), path, "does not fit")
     # A JSON that lies about the architecture: read_meta passes, loading the weights does not.
     edit_json(path, lambda meta: meta["model"].update(base_channels=4))
-    assert ckpt.read_meta(path)["model_config"].base_channels == 4
-    one_line_error(lambda: ckpt.load_for_inference(path), path, "does not fit")
+    assert files.read_meta(path)["model_config"].base_channels == 4
+    one_line_error(lambda: loading.load_for_inference(path), path, "does not fit")
 
 
 # ---- training helpers --------------------------------------------------------------------------
@@ -198,20 +198,20 @@ def trained(make_net, steps, seed=0):
 def test_crash_between_the_two_renames_is_accepted(make_net, make_meta, tmp_path, monkeypatch):
     net, trainer = trained(make_net, 1)
     path = str(tmp_path / "unet-last.params")
-    ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
+    writing.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
     train_steps(net, trainer, 1, start=1)
-    fail_replace_onto(monkeypatch, ckpt.meta_path(path))
+    fail_replace_onto(monkeypatch, files.meta_path(path))
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
+        writing.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
     monkeypatch.undo()
-    assert os.path.isfile(ckpt.meta_path(path) + ".pending")
-    meta = ckpt.read_meta(path)
+    assert os.path.isfile(files.meta_path(path) + ".pending")
+    meta = files.read_meta(path)
     assert (meta["epoch"], meta["global_step"]) == (2, 2)
-    loaded, _ = ckpt.load_for_inference(path)
+    loaded, _ = loading.load_for_inference(path)
     np.testing.assert_array_equal(output(loaded), output(net))
     resumed = make_net(seed=3, norm="batch")
     resumed_trainer = trainer_for(resumed, "adam")
-    ckpt.load_training_state(resumed, resumed_trainer, path)
+    loading.load_training_state(resumed, resumed_trainer, path)
     assert resumed_trainer._optimizer.num_update == 2
     assert leftovers(tmp_path) == []
 
@@ -226,7 +226,7 @@ def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, 
                                                  failure):
     net, trainer = trained(make_net, 1)
     path = str(tmp_path / "unet-last.params")
-    ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
+    writing.save_checkpoint(net, path, make_meta(net.config, epoch=1, global_step=1), trainer)
     expected = output(net)
     before = snapshot(tmp_path)
     train_steps(net, trainer, 1, start=1)
@@ -237,24 +237,24 @@ def test_failing_write_keeps_previous_checkpoint(make_net, make_meta, tmp_path, 
             with open(filename, "wb") as handle:
                 handle.write(b"\x12\x01partial")
             raise OSError(28, "No space left on device (simulated)")
-        monkeypatch.setattr(ckpt, "save_weights", broken)
+        monkeypatch.setattr(writing, "save_weights", broken)
     elif failure == "params_rename":
         fail_replace_onto(monkeypatch, path)
     else:
-        fail_replace_onto(monkeypatch, ckpt.meta_path(path) + ".pending")
+        fail_replace_onto(monkeypatch, files.meta_path(path) + ".pending")
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
+        writing.save_checkpoint(net, path, make_meta(net.config, epoch=2, global_step=2), trainer)
     monkeypatch.undo()
     after = snapshot(tmp_path)
     for name, data in before.items():
         assert after[name] == data, f"{name} changed"
     assert leftovers(tmp_path) == []
-    assert ckpt.read_meta(path)["epoch"] == 1
-    loaded, _ = ckpt.load_for_inference(path)
+    assert files.read_meta(path)["epoch"] == 1
+    loaded, _ = loading.load_for_inference(path)
     np.testing.assert_array_equal(output(loaded), expected)
     resumed = make_net(seed=3, norm="batch")
     resumed_trainer = trainer_for(resumed, "adam")
-    ckpt.load_training_state(resumed, resumed_trainer, path)
+    loading.load_training_state(resumed, resumed_trainer, path)
     assert resumed_trainer._optimizer.num_update == 1
 
 
@@ -268,13 +268,13 @@ def test_resumed_training_equals_uninterrupted(make_net, make_meta, tmp_path, op
     trainer = trainer_for(net, optimizer)
     train_steps(net, trainer, 2, start=0, ctx=ctx)
     path = str(tmp_path / "unet-last.params")
-    meta = ckpt.save_checkpoint(net, path, make_meta(net.config, global_step=2), trainer=trainer)
+    meta = writing.save_checkpoint(net, path, make_meta(net.config, global_step=2), trainer=trainer)
     assert meta["optimizer_state"]["num_update"] == 2
     train_steps(net, trainer, 2, start=2, ctx=ctx)
 
     resumed = make_net(seed=7, norm="batch", ctx=ctx)
     resumed_trainer = trainer_for(resumed, optimizer)
-    ckpt.load_training_state(resumed, resumed_trainer, path)
+    loading.load_training_state(resumed, resumed_trainer, path)
     train_steps(resumed, resumed_trainer, 2, start=2, ctx=ctx)
     expected, got = weights(net), weights(resumed)
     assert sorted(got) == sorted(expected)
@@ -288,15 +288,15 @@ def test_old_states_removed_and_tampered_states_refused(make_net, make_meta, tmp
     path = str(tmp_path / "unet-last.params")
     for step in (1, 2):
         train_steps(net, trainer, 1, start=step)
-        ckpt.save_checkpoint(net, path, make_meta(net.config, global_step=step), trainer=trainer)
+        writing.save_checkpoint(net, path, make_meta(net.config, global_step=step), trainer=trainer)
     names = sorted(os.listdir(tmp_path))
     assert names == ["unet-last-step2.states", "unet-last.params", "unet-last.params.json"]
-    assert ckpt.read_meta(path)["optimizer_state"]["file"] == "unet-last-step2.states"
+    assert files.read_meta(path)["optimizer_state"]["file"] == "unet-last-step2.states"
 
     with open(tmp_path / "unet-last-step2.states", "ab") as handle:
         handle.write(b"\0")
     other = make_net(norm="batch")
-    one_line_error(lambda: ckpt.load_training_state(other, trainer_for(other, "adam"), path),
+    one_line_error(lambda: loading.load_training_state(other, trainer_for(other, "adam"), path),
                    "unet-last-step2.states")
 
 
@@ -338,30 +338,30 @@ def test_best_shares_the_last_file_and_stays_whole_when_last_moves_on(make_net, 
                                                                      tmp_path, monkeypatch):
     net, trainer = trained(make_net, 1)
     last, best = str(tmp_path / "u-last.params"), str(tmp_path / "u.params")
-    last_meta = ckpt.save_checkpoint(net, last, make_meta(net.config), trainer)
-    ckpt.save_checkpoint(net, best, make_meta(net.config),
+    last_meta = writing.save_checkpoint(net, last, make_meta(net.config), trainer)
+    writing.save_checkpoint(net, best, make_meta(net.config),
                          same_weights_as=(last, last_meta["params_sha256"]))
     assert os.stat(best).st_ino == os.stat(last).st_ino       # linked, not written again
-    expected = output(ckpt.load_for_inference(best)[0])
+    expected = output(loading.load_for_inference(best)[0])
     train_steps(net, trainer, 2, start=1)                      # the last checkpoint moves on
-    ckpt.save_checkpoint(net, last, make_meta(net.config, global_step=3), trainer)
+    writing.save_checkpoint(net, last, make_meta(net.config, global_step=3), trainer)
     assert os.stat(best).st_ino != os.stat(last).st_ino
-    np.testing.assert_array_equal(output(ckpt.load_for_inference(best)[0]), expected)
-    assert not np.allclose(output(ckpt.load_for_inference(last)[0]), expected)
+    np.testing.assert_array_equal(output(loading.load_for_inference(best)[0]), expected)
+    assert not np.allclose(output(loading.load_for_inference(last)[0]), expected)
     # Where hard links fail (some network file systems), the weights are written instead.
     monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links")))
     other = str(tmp_path / "v.params")
-    ckpt.save_checkpoint(net, other, make_meta(net.config), same_weights_as=(last, "unused"))
-    assert ckpt.read_meta(other)["params_sha256"] == ckpt.sha256_file(other)
-    np.testing.assert_array_equal(output(ckpt.load_for_inference(other)[0]),
-                                  output(ckpt.load_for_inference(last)[0]))
+    writing.save_checkpoint(net, other, make_meta(net.config), same_weights_as=(last, "unused"))
+    assert files.read_meta(other)["params_sha256"] == files.sha256_file(other)
+    np.testing.assert_array_equal(output(loading.load_for_inference(other)[0]),
+                                  output(loading.load_for_inference(last)[0]))
     assert leftovers(tmp_path) == []
 
 
 def test_weights_file_is_what_gluon_writes(make_net, tmp_path):
     net, _ = trained(make_net, 1)
     net.save_parameters(str(tmp_path / "gluon.params"))
-    ckpt.save_weights(net, str(tmp_path / "ours.params"))
+    writing.save_weights(net, str(tmp_path / "ours.params"))
     assert (tmp_path / "ours.params").read_bytes() == (tmp_path / "gluon.params").read_bytes()
 
 
@@ -380,7 +380,7 @@ def _stale_folder(tmp_path, last_json):
 def test_remove_stale_files_removes_only_what_no_json_names(tmp_path):
     checkpoint = _stale_folder(tmp_path, json.dumps(
         {"optimizer_state": {"file": "unet-last-step6.states"}}))
-    removed = ckpt.remove_stale_files(checkpoint)
+    removed = files.remove_stale_files(checkpoint)
     assert sorted(removed) == [".unet-last.params.tmp1234", "unet-last-step3.states"]
     assert sorted(os.listdir(tmp_path)) == ["unet-last-step6.states", "unet-last.params",
                                             "unet-last.params.json"]
@@ -391,5 +391,5 @@ def test_remove_stale_files_keeps_the_states_when_a_json_is_unreadable(tmp_path,
     # A damaged checkpoint is refused when resumed; the optimizer state must survive that, so
     # that a restored JSON resumes (found by an audit: the resume deleted it before refusing).
     checkpoint = _stale_folder(tmp_path, last_json)
-    assert ckpt.remove_stale_files(checkpoint) == [".unet-last.params.tmp1234"]
+    assert files.remove_stale_files(checkpoint) == [".unet-last.params.tmp1234"]
     assert {"unet-last-step6.states", "unet-last-step3.states"} <= set(os.listdir(tmp_path))

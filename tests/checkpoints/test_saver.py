@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from unet.checkpoints import checkpoint as ckpt
+from unet.checkpoints import files, loading, writing
 from unet.checkpoints import optimizer_state as trainer_state
 from unet.core.errors import InputError
 from unet.checkpoints.saver import CheckpointSaver
@@ -49,18 +49,18 @@ def run(make_net, make_meta, tmp_path):
             if k not in ("epoch", "global_step", "best_score", "best_epoch")}
     saver = CheckpointSaver(net, trainer, cfg, base, state, enabled=True)
     yield types.SimpleNamespace(net=net, trainer=trainer, state=state, saver=saver,
-                                last=ckpt.last_path(cfg.checkpoint_file), folder=tmp_path)
+                                last=files.last_path(cfg.checkpoint_file), folder=tmp_path)
     saver.close()
 
 
 def test_begun_files_hold_the_state_at_begin(run, monkeypatch):
     expected = run.net(X).asnumpy()
-    changed, real = threading.Event(), ckpt.prepare_checkpoint
+    changed, real = threading.Event(), writing.prepare_checkpoint
 
     def prepare_late(*args, **kwargs):      # the writer starts only after the weights change
         changed.wait(60)
         return real(*args, **kwargs)
-    monkeypatch.setattr(ckpt, "prepare_checkpoint", prepare_late)
+    monkeypatch.setattr(writing, "prepare_checkpoint", prepare_late)
     run.saver.begin()
     for param in run.net.collect_params().values():      # what must not reach the checkpoint
         param.set_data(param.data() * 0)
@@ -69,10 +69,10 @@ def test_begun_files_hold_the_state_at_begin(run, monkeypatch):
         run.net(X).wait_to_read()
     run.saver.save(1e-3, {"dice": 0.6}, best=True)
     for path in (run.last, run.saver.cfg.checkpoint_file):
-        loaded, meta = ckpt.load_for_inference(path)
+        loaded, meta = loading.load_for_inference(path)
         np.testing.assert_array_equal(loaded(X).asnumpy(), expected)
         assert (meta["epoch"], meta["global_step"], meta["scores"]) == (1, 1, {"dice": 0.6})
-    assert ckpt.read_meta(run.last)["optimizer_state"]["num_update"] == 1
+    assert files.read_meta(run.last)["optimizer_state"]["num_update"] == 1
     assert temporaries(run.folder) == []
 
 
@@ -82,7 +82,7 @@ def test_begun_save_resumes_like_a_direct_one(run, make_net):
     resumed = make_net(seed=3, norm="batch")
     trainer = gluon.Trainer(resumed.collect_params(), "adam", {"learning_rate": 0.01},
                             update_on_kvstore=False)
-    ckpt.load_training_state(resumed, trainer, run.last)
+    loading.load_training_state(resumed, trainer, run.last)
     train_step(run.net, run.trainer, 1)
     train_step(resumed, trainer, 1)
     np.testing.assert_allclose(resumed(X).asnumpy(), run.net(X).asnumpy(), rtol=1e-5, atol=1e-6)
@@ -103,7 +103,7 @@ def test_a_second_begin_replaces_the_first(run):
     run.state.global_step = 2
     run.saver.begin()
     run.saver.save(1e-3, None, best=False)
-    assert ckpt.read_meta(run.last)["optimizer_state"]["file"] == "unet-last-step2.states"
+    assert files.read_meta(run.last)["optimizer_state"]["file"] == "unet-last-step2.states"
     assert sorted(n for n in os.listdir(run.folder) if n.endswith(".states")) == \
         ["unet-last-step2.states"]
     assert temporaries(run.folder) == []
@@ -117,7 +117,7 @@ def test_a_failed_background_write_is_one_line_and_keeps_the_checkpoint(run, mon
     def full_disk(trainer, path):
         real(trainer, path)
         raise OSError(28, "No space left on device (simulated)")
-    monkeypatch.setattr(ckpt, "save_optimizer_state", full_disk)
+    monkeypatch.setattr(writing, "save_optimizer_state", full_disk)
     run.state.epoch, run.state.global_step = 2, 2
     run.saver.begin()
     with pytest.raises(InputError) as info:
@@ -140,9 +140,9 @@ def test_ctrl_c_while_waiting_leaves_the_files_to_the_state_save(run, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run.saver.save(1e-3, {"dice": 0.6}, best=True)
     run.saver.save(1e-3, None, best=False)      # what train.save_interrupted does next
-    meta = ckpt.read_meta(run.last)
+    meta = files.read_meta(run.last)
     assert (meta["global_step"], meta["scores"]) == (1, None)
-    assert ckpt.sha256_file(run.last) == meta["params_sha256"]
+    assert files.sha256_file(run.last) == meta["params_sha256"]
     assert sorted(n for n in os.listdir(run.folder) if n.endswith(".states")) == \
         ["unet-last-step1.states"]
     assert temporaries(run.folder) == []

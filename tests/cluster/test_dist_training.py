@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from unet.checkpoints.checkpoint import last_path, read_meta
+from unet.checkpoints.files import last_path, read_meta
 from unet.data.demo import generate_demo_dataset
 from project_paths import ROOT
 

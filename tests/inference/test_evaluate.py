@@ -13,7 +13,8 @@ import pytest
 from mxnet import autograd, gluon
 
 import evaluate
-from unet.checkpoints.checkpoint import save_checkpoint, sha256_file
+from unet.checkpoints.files import sha256_file
+from unet.checkpoints.writing import save_checkpoint
 from unet.model.config import ModelConfig
 from unet.core.errors import InputError
 from unet.inference.segmenter import Segmenter, classes_from_probabilities, output_paths

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import segmenter
-from unet.checkpoints.checkpoint import last_path, load_for_inference, read_meta
+from unet.checkpoints.files import last_path, read_meta
+from unet.checkpoints.loading import load_for_inference
 from unet.data.demo import generate_demo_dataset
+from unet.training.config import TrainConfig
 from project_paths import ROOT
 
 TINY = ["--base-channels", "4", "--depth", "2", "--image-size", "32", "--norm", "batch",
@@ -324,18 +326,18 @@ def test_geometry_flag_reaches_the_training_set(tmp_path, demo, monkeypatch):
                   tmp_path, demo)
     assert code == 0 and seen == ["lossless"]
     with pytest.raises(ValueError, match="geometry"):
-        segmenter.TrainConfig(geometry="warp")
+        TrainConfig(geometry="warp")
     with pytest.raises(SystemExit) as bad:
         segmenter.build_parser().parse_args(["--geometry", "warp"])
     assert bad.value.code == 2
 
 
 def test_cosine_schedule_anneals_over_the_epochs(tmp_path, demo, capsys):
-    cfg = segmenter.TrainConfig(learning_rate=0.01, num_epochs=4, lr_schedule="cosine")
+    cfg = TrainConfig(learning_rate=0.01, num_epochs=4, lr_schedule="cosine")
     rates = [cfg.learning_rate_at(e) for e in range(4)]
     assert rates == pytest.approx([0.01, 0.01 * (1 + 2 ** -0.5) / 2, 0.005,
                                    0.01 * (1 - 2 ** -0.5) / 2])
-    step = segmenter.TrainConfig(learning_rate=0.01, num_epochs=4, lr_decay=0.5,
+    step = TrainConfig(learning_rate=0.01, num_epochs=4, lr_decay=0.5,
                                  lr_decay_epoch=(1, 3))
     assert [step.learning_rate_at(e) for e in range(4)] == pytest.approx(
         [0.01, 0.005, 0.005, 0.0025])

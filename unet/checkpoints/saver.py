@@ -4,7 +4,7 @@ import contextlib
 
 import mxnet as mx
 
-from . import checkpoint as ckpt
+from . import files, loading, writing
 from ..core.errors import InputError
 from .optimizer_state import optimizer_arrays
 
@@ -19,7 +19,7 @@ class CheckpointSaver:
     the scores are known, commits them: every checkpoint is still on disk before the next epoch
     starts, and a crash before the commit leaves the previous one. Files begun for a save that
     does not come are removed by :meth:`close` (or, after a kill, by the next run's
-    :func:`unet.checkpoints.checkpoint.remove_stale_files`).
+    :func:`unet.checkpoints.files.remove_stale_files`).
     """
 
     def __init__(self, net, trainer, cfg, base_meta, state, enabled):
@@ -39,7 +39,7 @@ class CheckpointSaver:
         # The arrays are taken here, on the training thread: on a GPU that is a copy.
         optimizer = None if self.trainer is None else optimizer_arrays(self.trainer)
         self._begun = self._writer.submit(
-            ckpt.prepare_checkpoint, ckpt.weights_copy(self.net), self._last_path(),
+            writing.prepare_checkpoint, writing.weights_copy(self.net), self._last_path(),
             optimizer, self.state.global_step)
 
     def save(self, lr, scores, best):
@@ -55,11 +55,11 @@ class CheckpointSaver:
             if self._begun is not None:
                 prepared = self._take_begun()
             else:
-                prepared = ckpt.prepare_checkpoint(self.net, last, self.trainer,
+                prepared = writing.prepare_checkpoint(self.net, last, self.trainer,
                                                    self.state.global_step)
-            self.last_meta = ckpt.commit_checkpoint(prepared, dict(meta, kind="last"))
+            self.last_meta = writing.commit_checkpoint(prepared, dict(meta, kind="last"))
             if best:
-                ckpt.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"),
+                writing.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"),
                                      same_weights_as=(last, self.last_meta["params_sha256"]))
 
     def close(self):
@@ -88,10 +88,10 @@ class CheckpointSaver:
             prepared = self._take_begun()
         except Exception:       # noqa: BLE001 - a failed write has removed its files
             return
-        ckpt.discard_checkpoint(prepared)
+        writing.discard_checkpoint(prepared)
 
     def _last_path(self):
-        return ckpt.last_path(self.cfg.checkpoint_file)
+        return files.last_path(self.cfg.checkpoint_file)
 
     @contextlib.contextmanager
     def _write_errors_said(self):
@@ -100,4 +100,4 @@ class CheckpointSaver:
         except (OSError, mx.base.MXNetError) as exc:
             # MXNet's writer reports a full disk as MXNetError, not OSError.
             raise InputError(f"could not write checkpoint {self.cfg.checkpoint_file}: "
-                             f"{ckpt.error_reason(exc)}; the previous checkpoint is kept") from None
+                             f"{loading.error_reason(exc)}; the previous checkpoint is kept") from None

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.atomic import atomic_path
-from ..checkpoints.checkpoint import load_for_inference
+from ..checkpoints.loading import load_for_inference
 from ..data.samples import PROGRESS_DELAY_S, Normalization, match_channels
 from ..core.errors import InputError
 from ..data.imageio import display_path, read_image, write_png

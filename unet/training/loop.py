@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from ..checkpoints import checkpoint as ckpt
+from ..checkpoints import files, loading
 from ..core import faults
 from ..data.samples import prepare_data
 from ..data.loader import EpochLoader, SegmentationDataset
@@ -68,13 +68,13 @@ def contexts(cfg):
 
 
 def _resume_meta(cfg):
-    last = ckpt.last_path(cfg.checkpoint_file)
+    last = files.last_path(cfg.checkpoint_file)
     if os.path.isdir(last):
         raise InputError(f"--checkpoint=load: {last} is a folder, not a checkpoint")
     if not os.path.isfile(last):
         raise InputError(f"--checkpoint=load: no checkpoint to resume at {last} "
                          f"(start with --checkpoint=new)")
-    return last, ckpt.read_meta(last)
+    return last, files.read_meta(last)
 
 
 def _best_on_disk(path):
@@ -86,7 +86,7 @@ def _best_on_disk(path):
     if not os.path.isfile(path):
         return -1.0, -1
     try:
-        meta = ckpt.read_meta(path)
+        meta = files.read_meta(path)
     except InputError as err:
         log.warning("%s; the next epoch writes a new best checkpoint", err)
         return -1.0, -1
@@ -178,7 +178,7 @@ class _Run:
                 if self.is_chief:       # only rank 0 writes checkpoints
                     self.lock = RunLock(cfg.checkpoint_file + ".lock",
                                         f"checkpoint {cfg.checkpoint_file}")
-                    ckpt.remove_stale_files(cfg.checkpoint_file)
+                    files.remove_stale_files(cfg.checkpoint_file)
                 self._set_up(kvstore, checks_passed)
         except BaseException:
             self.close()
@@ -208,7 +208,7 @@ class _Run:
                                   num_workers=cfg.num_workers, seed=cfg.seed)
         self._build_network(kvstore)
         if resume_meta is not None:
-            ckpt.load_training_state(self.net, self.trainer if self.can_save_states else None,
+            loading.load_training_state(self.net, self.trainer if self.can_save_states else None,
                                      last, optimizer=cfg.optimizer)
             log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
                      self.state.epoch, self.state.global_step, self.state.best_score,
@@ -273,7 +273,7 @@ class _Run:
     def _base_meta(self):
         cfg, info = self.cfg, self.info
         return {"model": self.model_cfg.to_dict(), "run_name": self.state.run_name,
-                "seed": cfg.seed, "command": ckpt.command_line(),
+                "seed": cfg.seed, "command": files.command_line(),
                 "data": {"channels": info.channels,
                          "normalization": info.normalization.to_dict(),
                          "encoding": info.encoding.to_dict(), "data_dir": cfg.data_dir},
@@ -338,7 +338,7 @@ class _Run:
             return
         self.saver.save(self.cfg.learning_rate_at(self.state.epoch), None, best=False)
         log.warning("%s: state saved to %s at step %d; resume with --checkpoint=load", reason,
-                    ckpt.last_path(self.cfg.checkpoint_file), self.state.global_step)
+                    files.last_path(self.cfg.checkpoint_file), self.state.global_step)
 
 
 def _close_all(closers):

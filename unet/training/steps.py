@@ -11,7 +11,7 @@ import mxnet as mx
 from mxnet import autograd
 from tqdm import tqdm
 
-from ..checkpoints import checkpoint as ckpt
+from ..checkpoints import files
 from ..core import faults
 from ..cluster.distributed import split_batch
 from ..core.errors import TrainingDiverged
@@ -32,7 +32,7 @@ def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_w
         trainer.step(n * num_workers)
         value = sum(float(l.sum().asscalar()) for l in losses) / n
         if not math.isfinite(value):
-            last = ckpt.last_path(cfg.checkpoint_file)
+            last = files.last_path(cfg.checkpoint_file)
             kept = f"the last good checkpoint {last} is kept" if os.path.isfile(last) \
                 else "no checkpoint had been written yet"
             raise TrainingDiverged(
