@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The documented way to train on ISBI 2012 (issue 9): train a U-Net on a 2-core CPU within an hour,
-# then score it on the validate slices. See docs/quality.md for the measured scores and the levers.
+# then score it on the validate slices. See docs/records/quality.md for the measured scores and the levers.
 #
 # Usage: scripts/isbi_recipe.sh [SEGMENTER FLAGS...]
 #   Extra flags go to segmenter.py after the recipe's own, so they win: e.g. --time-limit 3 for a
@@ -33,7 +33,7 @@ eval_flags=()
 [[ "${SPLIT_CELLS:-1}" == 1 ]] && eval_flags+=(--split-cells)
 # One OpenMP thread per physical core unless OMP_NUM_THREADS is set (unet/core/threads.py); where
 # other jobs share the cores, OMP_NUM_THREADS=1 is up to 4x faster (threads spin waiting for each
-# other; docs/quality.md).
+# other; docs/records/quality.md).
 
 models="${MODELS:-1}"
 if ! [[ "$models" =~ ^[1-9][0-9]*$ ]]; then
@@ -54,7 +54,7 @@ if [[ "$models" == 1 ]]; then
     checkpoints=("$out_dir/unet.params")
 else
     # Side by side, one thread each: two 1-thread runs train 2 x 2.9 crops/s on 2 cores, one
-    # 2-thread run 5.1 (docs/quality.md). Background jobs of a script ignore Ctrl-C, so it is
+    # 2-thread run 5.1 (docs/records/quality.md). Background jobs of a script ignore Ctrl-C, so it is
     # passed on as SIGTERM, on which segmenter.py saves its state and stops (a second SIGTERM,
     # where the whole process group got one too, is ignored while it saves).
     pids=()

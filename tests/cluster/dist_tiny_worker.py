@@ -1,4 +1,4 @@
-"""A tiny dist_sync training run for tests/test_launch.py: ``python dist_tiny_worker.py OUT_DIR``.
+"""A tiny dist_sync training run for tests/cluster/test_launch.py: ``python dist_tiny_worker.py OUT_DIR``.
 
 Under ``python -m unet.launch`` each worker trains a tiny conv net for ``--steps`` SGD steps on its
 own shard of 16 generated samples (local batch 2), then writes to OUT_DIR ``rank<R>.json``

@@ -26,7 +26,7 @@ def run_recipe(out_dir, *flags, data_dir=SHARED, timeout=900):
     """Run the recipe script into ``out_dir``; TTA off to keep the evaluation short.
 
     One OpenMP thread: on a shared machine two threads spin-waiting for each other run the same
-    step up to 4x slower (docs/quality.md).
+    step up to 4x slower (docs/records/quality.md).
     """
     env = dict(os.environ, DATA_DIR=str(data_dir), OUT_DIR=str(out_dir), PYTHON=sys.executable,
                TTA="0", OMP_NUM_THREADS="1")

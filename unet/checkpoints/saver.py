@@ -15,7 +15,7 @@ class CheckpointSaver:
     At the end of an epoch, :meth:`begin` starts writing the last checkpoint's files on a second
     thread while the histograms and validation run (from a copy of the weights, 144 MB for the
     default model, held until written; nothing updates the optimizer state meanwhile): about
-    0.4 s an epoch of the default model on 2 cores (docs/speed.md). :meth:`save`, once
+    0.4 s an epoch of the default model on 2 cores (docs/records/speed.md). :meth:`save`, once
     the scores are known, commits them: every checkpoint is still on disk before the next epoch
     starts, and a crash before the commit leaves the previous one. Files begun for a save that
     does not come are removed by :meth:`close` (or, after a kill, by the next run's

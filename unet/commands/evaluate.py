@@ -67,7 +67,7 @@ def build_parser():
                              "minute to set up, so use it for folders (default: fp32)")
     parser.add_argument("--no-winograd", action="store_true",
                         help="fp32 on the CPU: run MXNet's own 3x3 convolutions instead of the "
-                             "compiled Winograd kernel (unet/native, about 2x faster, the same "
+                             "compiled Winograd kernel (unet/model/native, about 2x faster, the same "
                              "probabilities up to float rounding; compiled on first use, and "
                              "skipped with a warning where it cannot be)")
     parser.add_argument("--threshold", type=float, default=None,

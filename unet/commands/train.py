@@ -110,11 +110,11 @@ def build_parser():
                    help="where the compiled layer-norm kernel is not available (no C++ "
                         "compiler; GPUs), a layer norm with a faster backward pass made of GEMV "
                         "products: the same function and checkpoints, about 10%% faster training "
-                        "steps, more memory. On CPUs the compiled kernel (unet/native, built on "
+                        "steps, more memory. On CPUs the compiled kernel (unet/model/native, built on "
                         "first use; UNET_NATIVE=0 turns it off) is used either way and is faster")
     t.add_argument("--no-winograd", action="store_true",
                    help="fp32 on CPUs: train with MXNet's own 3x3 convolutions instead of the "
-                        "compiled Winograd kernel (unet/native, built on first use against the "
+                        "compiled Winograd kernel (unet/model/native, built on first use against the "
                         "onednn-cpu-gomp wheel; about 0.5x the step time of the default model, "
                         "the same function up to float rounding). With --amp bf16 MXNet's "
                         "convolutions run in bfloat16 either way")

@@ -3,7 +3,7 @@
 MXNet 1.9.1 runs every convolution on its bundled oneDNN with the direct algorithm. For the 3x3,
 stride 1 convolutions that make up almost all of a U-Net's work, oneDNN's F(4x4, 3x3) Winograd
 kernels do the same in 2.3-4.8x less time per layer forward and 2-3x less backward on an AVX-512
-CPU (see the README's *Speed*), in float32, with results that differ from the direct algorithm's
+CPU (docs/records/speed.md), in float32, with results that differ from the direct algorithm's
 by rounding only (~1e-6 to 1e-5 relative). Two operators: ``unet_conv3x3_train`` (forward and
 backward, for training) and ``unet_conv3x3`` (forward only, with the weights kept transformed
 between calls, for inference: :func:`unet.model.network.inference_copy`).

@@ -10,7 +10,7 @@ outputs; backward walks the segments in reverse, runs each one again under
 output. One segment's intermediate tensors are alive at a time: at 512x512 the default model
 needs about half the memory of a plain step, for one more forward pass of time.
 
-Gradients equal a plain step's (``tests/test_recompute.py``), and BatchNorm's running statistics
+Gradients equal a plain step's (``tests/training/test_recompute.py``), and BatchNorm's running statistics
 move once per step as usual (MXNet updates them only in recorded passes, and every norm layer
 runs in exactly one recorded segment). Dropout is refused (``TrainConfig`` checks it): the
 second pass would draw another mask.
