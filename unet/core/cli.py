@@ -51,6 +51,13 @@ _PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.E
                 errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
 
 
+def add_dataset_writer_flags(parser):
+    """``--overwrite`` and ``--quiet``, as every program that writes a dataset folder has them."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the PNGs of splits that already hold files instead of refusing")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..core.cli import OneLineParser, run_guarded, setup_logging
+from ..core.cli import OneLineParser, add_dataset_writer_flags, run_guarded, setup_logging
 from ..core.errors import InputError
 from .imageio import write_png
 
@@ -265,9 +265,7 @@ def build_parser():
     parser.add_argument("--n-validate", type=_count, default=4, help="validation samples (default: 4)")
     parser.add_argument("--n-test", type=_count, default=4,
                         help="test samples, written with masks so they can be scored (default: 4)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the PNGs of splits that already hold files instead of refusing")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_dataset_writer_flags(parser)
     return parser
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 from .demo import prepare_split
-from ..core.cli import OneLineParser, run_guarded, setup_logging
+from ..core.cli import OneLineParser, add_dataset_writer_flags, run_guarded, setup_logging
 from ..core.errors import InputError
 from .imageio import write_png
 
@@ -150,9 +150,7 @@ def build_parser():
     parser.add_argument("--validate", type=int, default=5, metavar="N",
                         help="hold out the last N training slices as validate/, 0 for none "
                              "(default: 5, i.e. slices 25-29 of 30)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the PNGs of splits that already hold files instead of refusing")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_dataset_writer_flags(parser)
     return parser
 
 
