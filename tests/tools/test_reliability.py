@@ -13,7 +13,7 @@ import pytest
 
 import segmenter
 import unet.training.loop
-from unet.checkpoints import checkpoint as ckpt
+from unet.checkpoints import files, loading, writing
 from script_loader import load_reliability_script
 from project_paths import ROOT
 
@@ -66,7 +66,7 @@ def test_kill_between_last_and_best_save_keeps_the_best_consistent(tmp_path, dat
                             text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     best = str(tmp_path / "ck" / "unet.params")
-    assert ckpt.read_meta(ckpt.last_path(best))["best_epoch"] == 1
+    assert files.read_meta(files.last_path(best))["best_epoch"] == 1
     real = unet.training.loop.validate
 
     def worse(*args, **kwargs):  # epoch 2 scores below epoch 1: no new best of its own
@@ -74,9 +74,9 @@ def test_kill_between_last_and_best_save_keeps_the_best_consistent(tmp_path, dat
         return dict(scores, dice=0.0), panels
     monkeypatch.setattr(unet.training.loop, "validate", worse)
     assert segmenter.main(argv(data, tmp_path, 2, "--checkpoint", "load")) == 0
-    last = ckpt.read_meta(ckpt.last_path(best))
+    last = files.read_meta(files.last_path(best))
     assert os.path.isfile(best), f"no best checkpoint, the last one names epoch {last['best_epoch']}"
-    assert ckpt.read_meta(best)["epoch"] == last["best_epoch"]
+    assert files.read_meta(best)["epoch"] == last["best_epoch"]
 
 
 def test_full_disk_while_saving_says_so_and_keeps_the_checkpoint(tmp_path, data):
@@ -123,19 +123,19 @@ def test_no_space_left_keeps_the_previous_checkpoint(tmp_path, data, monkeypatch
     assert "No space left on device" in line and "previous checkpoint is kept" in line
     after = snapshot(folder)
     assert all(n.endswith((".pending", ".states")) for n in set(after) - set(before)), sorted(after)
-    last = ckpt.last_path(folder / "unet.params")
+    last = files.last_path(folder / "unet.params")
     if target == ".json":
         # Failing between the two renames is the protocol's crash window: the new weights are
         # in place and their pending JSON describes them, so the new checkpoint is the whole one.
-        assert ckpt.read_meta(last)["epoch"] == 2
-        ckpt.load_for_inference(last)
+        assert files.read_meta(last)["epoch"] == 2
+        loading.load_for_inference(last)
     else:
         assert {n: after.get(n) for n in before} == before
-        assert ckpt.read_meta(last)["epoch"] == 1
+        assert files.read_meta(last)["epoch"] == 1
 
 
 def test_checkpoint_folder_removed_mid_run(tmp_path, data, monkeypatch, capsys):
-    real = ckpt.prepare_checkpoint
+    real = writing.prepare_checkpoint
     calls = []
 
     def prepare(net, path, *args, **options):
@@ -143,7 +143,7 @@ def test_checkpoint_folder_removed_mid_run(tmp_path, data, monkeypatch, capsys):
         if len(calls) == 3:  # epoch 2's last checkpoint: the folder is gone
             shutil.rmtree(os.path.dirname(path))
         return real(net, path, *args, **options)
-    monkeypatch.setattr(ckpt, "prepare_checkpoint", prepare)
+    monkeypatch.setattr(writing, "prepare_checkpoint", prepare)
     assert segmenter.main(argv(data, tmp_path, 2)) == 2
     (line,) = error_lines(capsys)
     assert "could not write checkpoint" in line and "No such file or directory" in line
@@ -169,5 +169,5 @@ def test_second_run_on_the_same_files_is_refused_and_logs_go_beside(tmp_path, da
         first.finish()
     runs = os.listdir(tmp_path / "logs")
     assert len(runs) == 2 and all(os.listdir(tmp_path / "logs" / r) for r in runs)
-    assert ckpt.read_meta(tmp_path / "ck" / "unet.params")["epoch"] >= 1
-    assert ckpt.read_meta(other / "unet.params")["epoch"] == 1
+    assert files.read_meta(tmp_path / "ck" / "unet.params")["epoch"] >= 1
+    assert files.read_meta(other / "unet.params")["epoch"] == 1
