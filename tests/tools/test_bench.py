@@ -15,6 +15,7 @@ TINY = ["--base-channels", "4", "--depth", "2", "--repeat", "1", "--warmup", "0"
 
 @pytest.fixture(scope="module")
 def bench():
+    # Loading bench.py also puts benchkit, the package beside it, on sys.path for the tests below.
     spec = importlib.util.spec_from_file_location("bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -110,11 +111,12 @@ def test_help_explains_every_flag(bench):
 
 
 def test_conv_flops_of_the_default_model(bench):
+    from benchkit.flops import conv_gflop
     from unet.model.config import ModelConfig
     # 2*k*k*Cin*Cout*H*W summed over the default model's convolutions at 3x512x512.
-    assert bench.conv_gflop(ModelConfig(), 512, 512) == pytest.approx(544.387, abs=1e-3)
+    assert conv_gflop(ModelConfig(), 512, 512) == pytest.approx(544.387, abs=1e-3)
     tiny = ModelConfig(in_channels=1, base_channels=4, depth=2, image_size=64)
-    assert bench.conv_gflop(tiny, 128, 128) == pytest.approx(4 * bench.conv_gflop(tiny, 64, 64))
+    assert conv_gflop(tiny, 128, 128) == pytest.approx(4 * conv_gflop(tiny, 64, 64))
 
 
 def test_row_selection_defaults(bench):
@@ -127,7 +129,8 @@ def test_row_selection_defaults(bench):
 
 
 def test_missing_module_gives_a_not_available_row(bench, monkeypatch):
-    monkeypatch.setitem(bench.NEEDS, "data", "unet.no_such_module")
+    from benchkit.child import NEEDS
+    monkeypatch.setitem(NEEDS, "data", "unet.no_such_module")
     spec = dict(task="data", size=32, channels=1, batch=1, amp="fp32", norm="layer",
                 fast_norm=False, fused_norm=True, winograd=True, fuse=False, mirror=False,
                 recompute=False, static=True, threads=0, env=[])
@@ -137,33 +140,36 @@ def test_missing_module_gives_a_not_available_row(bench, monkeypatch):
 
 
 def test_variant_environment(bench):
+    from benchkit.runner import child_env
+    from benchkit.specs import variant_name
     spec = dict(task="train", amp="bf16", norm="layer", fast_norm=True, fused_norm=False,
                 winograd=False, fuse=True, mirror=True, recompute=False, static=False, threads=2,
                 env=["MALLOC_ARENA_MAX=2"])
-    env = bench.child_env(spec)
+    env = child_env(spec)
     assert env["MXNET_BACKWARD_DO_MIRROR"] == "1" and env["OMP_NUM_THREADS"] == "2"
     assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
     assert "UNET_NATIVE" not in env        # training rows pass the switches to build_unet
-    assert bench.variant_name(spec) == \
+    assert variant_name(spec) == \
         "bf16 layer-fast unfused direct-conv fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
     # Epoch rows train through unet.training.loop, which builds with the kernels: the switch is global.
-    assert bench.child_env(dict(spec, task="epoch"))["UNET_NATIVE"] == "0"
-    assert "UNET_NATIVE" not in bench.child_env(dict(spec, task="epoch", fused_norm=True))
+    assert child_env(dict(spec, task="epoch"))["UNET_NATIVE"] == "0"
+    assert "UNET_NATIVE" not in child_env(dict(spec, task="epoch", fused_norm=True))
     # Inference rows: the layer-norm kernel does not apply, the Winograd one does.
     infer = dict(spec, task="infer", amp="fp32", fuse=False, mirror=False, static=True,
                  threads=0, env=[])
-    assert "UNET_NATIVE" not in bench.child_env(infer)
-    assert bench.variant_name(infer) == "fp32 layer-fast direct-conv"
-    assert bench.variant_name(dict(infer, winograd=True)) == "fp32 layer-fast"
+    assert "UNET_NATIVE" not in child_env(infer)
+    assert variant_name(infer) == "fp32 layer-fast direct-conv"
+    assert variant_name(dict(infer, winograd=True)) == "fp32 layer-fast"
 
 
 def test_epoch_overhead_is_against_both_reference_processes(bench):
+    from benchkit.epoch import add_epoch_reference
     row = dict(status="ok", steps=4, ms_median=1100.0)
     refs = [dict(status="ok", times_ms=[240.0, 250.0]), dict(status="ok", times_ms=[260.0, 300.0])]
-    done = bench.add_epoch_reference(row, refs)
+    done = add_epoch_reference(row, refs)
     assert done["reference_step_ms"] == 255.0 and done["pure_steps_ms"] == 1020.0
     assert done["overhead"] == pytest.approx(1100 / 1020 - 1, abs=1e-4)
-    failed = bench.add_epoch_reference(row, [refs[0], dict(status="error: rc 1: boom")])
+    failed = add_epoch_reference(row, [refs[0], dict(status="error: rc 1: boom")])
     assert failed["status"] == "error: reference steps: error: rc 1: boom"
     assert "overhead" not in failed
 
