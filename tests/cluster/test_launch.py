@@ -165,12 +165,12 @@ def test_local_nodes_bind_loopback(monkeypatch):
 def _remote(node):
     """(host, ssh port, cwd, env, argv) of an ssh node's command line."""
     argv = node.argv
-    assert argv[:7] == ("ssh", "-tt", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
-                        "-p")
-    words = shlex.split(argv[9])
+    assert argv[:2] == ("ssh", "-tt") and argv[-4] == "-p" and argv[-2] == node.host
+    assert argv[2:-4] == cluster_nodes.ssh_options()
+    words = shlex.split(argv[-1])
     assert words[0] == "cd" and words[2:5] == ["&&", "exec", "env"]
     env = dict(w.split("=", 1) for w in words[5:] if "=" in w and w.split("=")[0].isupper())
-    return argv[8], argv[7], words[1], env, words[5 + len(env):]
+    return argv[-2], argv[-3], words[1], env, words[5 + len(env):]
 
 
 def test_ssh_nodes_round_robin_and_quoting():
@@ -200,6 +200,28 @@ def test_ssh_nodes_round_robin_and_quoting():
         expected = command if node.role == "worker" else ["/venv/bin/python", "-c",
                                                           "import mxnet"]
         assert argv == expected
+
+
+def test_ssh_keepalives_give_a_silent_host_up_and_the_failure_names_it():
+    assert cluster_nodes.ssh_options(5) == (
+        "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=5",
+        "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=20")
+    assert cluster_nodes.ssh_options(0) == ("-o", "StrictHostKeyChecking=no", "-o",
+                                            "BatchMode=yes")
+    assert cluster_nodes.keepalive_window(5) == 20
+    nodes = cluster_nodes.ssh_nodes([("10.0.0.7", "22")], 1, 1, ["python"], 9000, "10.0.0.1",
+                                    "/p", keepalive=2)
+    assert [n.host for n in nodes] == [None, "10.0.0.7", "10.0.0.7"]
+    assert "ServerAliveInterval=2" in nodes[2].argv
+    assert launch.describe_failure(nodes[2], 42, 255) == (
+        "worker 0 on host 10.0.0.7 (pid 42): ssh exited with code 255 (lost 10.0.0.7: it "
+        "stopped answering or its process was killed)")
+    assert launch.describe_failure(nodes[1], 41, -9) == (
+        "server 0 on host 10.0.0.7 (pid 41): ssh died with signal 9 (SIGKILL)")
+    assert launch.describe_failure(nodes[0], 40, 3) == "scheduler (pid 40) exited with code 3"
+    assert launch.parse_args(["-n", "1", "python"]).keepalive == cluster_nodes.KEEPALIVE_S
+    with pytest.raises(SystemExit):
+        launch.parse_args(["-n", "1", "--keepalive", "-1", "python"])
 
 
 def test_read_hostfile(tmp_path):
@@ -262,12 +284,23 @@ def test_two_workers_train_one_model(tmp_path):
     shard0, shard1 = (set(r["indices"]) for r in ranks)
     assert not shard0 & shard1 and shard0 | shard1 == set(range(16))
     # The same as one process on the union of the two shards' batches (the global batch).
-    ref = subprocess.run([sys.executable, WORKER, str(tmp_path), "--reference", "2"],
+    assert_same_params(tmp_path / "rank0.params", reference_params(tmp_path))
+
+
+def reference_params(out_dir, num_workers=2):
+    """What ``num_workers`` tiny workers train together, computed by one process: its .params."""
+    ref = subprocess.run([sys.executable, WORKER, str(out_dir), "--reference", str(num_workers)],
                          capture_output=True, text=True, timeout=HARD_TIMEOUT)
     assert ref.returncode == 0, ref.stderr
-    dist, single = (mx.nd.load(str(tmp_path / f"{n}.params")) for n in ("rank0", "reference"))
-    for key in single:
-        np.testing.assert_allclose(dist[key].asnumpy(), single[key].asnumpy(), rtol=0, atol=1e-5)
+    return out_dir / "reference.params"
+
+
+def assert_same_params(path, expected_path):
+    got, expected = mx.nd.load(str(path)), mx.nd.load(str(expected_path))
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key].asnumpy(), expected[key].asnumpy(), rtol=0,
+                                   atol=1e-5)
 
 
 def test_killed_worker_stops_the_cluster(tmp_path):

@@ -1,12 +1,9 @@
 """The ssh launcher for real: ``python -m unet.launch --launcher ssh`` through an OpenSSH server
-that the test starts on 127.0.0.1 (its own host key, client key and configuration in a temporary
-folder; nothing in ~/.ssh is read or written). Skipped where no sshd is installed (Debian:
-``apt-get install openssh-server``; ``.ci/run`` installs it when it can)."""
+that the test starts on 127.0.0.1 (sshd_server.py: its own keys and configuration in a temporary
+folder). Skipped where no sshd is installed."""
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,12 +11,11 @@ import time
 
 import pytest
 
+from sshd_server import (make_keys, requires_openssh, start_sshd, stop_sshd, write_ssh_config,
+                         write_sshd_config)
 from test_launch import HARD_TIMEOUT, ROOT, WORKER, _assert_cluster_gone
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh")
-                                     and shutil.which("ssh-keygen")),
-                                reason="needs OpenSSH's sshd, ssh and ssh-keygen")
+pytestmark = requires_openssh
 
 
 def _free_port():
@@ -28,48 +24,20 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _keygen(path):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                   check=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """An sshd on 127.0.0.1 that lets this user in with a fresh key; yields the ssh_config path
     and the port."""
     folder = tmp_path_factory.mktemp("sshd")
-    _keygen(folder / "host_key")
-    _keygen(folder / "client_key")
-    shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
-    os.chmod(folder / "authorized_keys", 0o600)
+    make_keys(folder)
     port = _free_port()
-    (folder / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder / 'host_key'}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n")
-    (folder / "ssh_config").write_text(
-        f"Host 127.0.0.1\n  IdentityFile {folder / 'client_key'}\n  IdentitiesOnly yes\n"
-        "  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n")
-    os.makedirs("/run/sshd", exist_ok=True) if os.geteuid() == 0 else None
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    config = write_ssh_config(folder, "127.0.0.1")
+    server = start_sshd(write_sshd_config(folder, "loopback", "127.0.0.1", port), config,
+                        "127.0.0.1", port)
     try:
-        for _ in range(100):
-            if server.poll() is not None:
-                pytest.skip(f"sshd did not start: {server.stderr.read().strip()[-300:]}")
-            probe = subprocess.run(
-                ["ssh", "-F", str(folder / "ssh_config"), "-o", "BatchMode=yes", "-p", str(port),
-                 "127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
-            if probe.returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.skip(f"cannot log in to the test sshd: {probe.stderr.strip()[-300:]}")
-        yield folder / "ssh_config", port
+        yield config, port
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_sshd(server)
 
 
 def _launch_ssh(sshd, tmp_path, *worker_args, env=None):
@@ -115,8 +83,8 @@ def test_a_killed_remote_worker_stops_the_ssh_cluster(sshd, tmp_path):
     run = _launch_ssh(sshd, tmp_path, env={"DIST_TINY_KILL_RANK": "1",
                                            "DIST_TINY_KILL_STEP": "2"})
     assert run.returncode != 0, run.stderr
-    assert re.search(r"worker \d \(pid \d+\) (exited with code|died with signal) .*"
-                     r"stopping the cluster", run.stderr), run.stderr
+    assert re.search(r"worker \d on host 127.0.0.1 \(pid \d+\): ssh (exited with code|died "
+                     r"with signal) .*stopping the cluster", run.stderr), run.stderr
     assert not list(tmp_path.glob("rank*.json"))
     deadline = time.time() + 15  # sshd hangs up on the remote side after the client went
     while _remote_workers(tmp_path) and time.time() < deadline:

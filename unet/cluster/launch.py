@@ -17,7 +17,9 @@ servers and workers round-robin over the hosts (lines ``host [port]``) through
 ``ssh -tt host 'cd CWD && exec env DMLC_...=... COMMAND'``: nothing is copied, the project, its
 Python environment (at ``sys.executable``'s path) and the data must be at the same paths on every
 host. The pseudo-terminal makes the remote processes die with their ssh connection (SIGHUP:
-on a stop, remote workers get no SIGINT and save nothing).
+on a stop, remote workers get no SIGINT and save nothing). A host that vanishes (power, link)
+sends nothing, not even a FIN: ssh keep-alives (``--keepalive``) make its ssh clients exit with
+code 255 once it has been silent for 4 intervals, and the launcher stops the cluster naming it.
 
 Output of every process is passed through, each line prefixed ``[worker 0]``, ``[server 0]`` or
 ``[scheduler]``, stdout to stdout and stderr to stderr. The worker number is the launcher's; the
@@ -38,7 +40,8 @@ import threading
 import time
 
 from ..core.cli import OneLineParser
-from .nodes import free_port, local_nodes, read_hostfile, ssh_nodes
+from .nodes import (KEEPALIVE_COUNT, KEEPALIVE_S, SSH_FAILED, free_port, keepalive_window,
+                    local_nodes, read_hostfile, ssh_nodes)
 from ..core.errors import InputError
 from ..core.threads import user_environ
 
@@ -81,6 +84,16 @@ def describe_exit(code):
     return f"died with signal {-code} ({name})"
 
 
+def describe_failure(node, pid, code):
+    """The launcher's one line on a failed process: label, pid, host and what its code means."""
+    if node.host is None:
+        return f"{node.label} (pid {pid}) {describe_exit(code)}"
+    text = f"{node.label} on host {node.host} (pid {pid}): ssh {describe_exit(code)}"
+    if code == SSH_FAILED:  # a remote process killed by a signal also ends its ssh with 255
+        text += f" (lost {node.host}: it stopped answering or its process was killed)"
+    return text
+
+
 class Cluster:
     """The running processes of ``nodes``: start, watch, stop. See :func:`run_cluster`."""
 
@@ -120,8 +133,7 @@ class Cluster:
             for node, proc in zip(self.nodes, self.procs):
                 code = proc.poll()
                 if code:
-                    log.error("%s (pid %d) %s; stopping the cluster", node.label, proc.pid,
-                              describe_exit(code))
+                    log.error("%s; stopping the cluster", describe_failure(node, proc.pid, code))
                     self.stop()
                     return code if code > 0 else 128 - code
             if all(p.poll() == 0 for p in workers):
@@ -227,6 +239,12 @@ def parse_args(argv=None):
     parser.add_argument("--ssh-config", metavar="FILE",
                         help="ssh: configuration file for ssh (ssh -F FILE: user, identity file, "
                              "known hosts) in place of ~/.ssh/config")
+    parser.add_argument("--keepalive", type=int, default=KEEPALIVE_S, metavar="SECONDS",
+                        help=f"ssh: seconds between keep-alives to a host that sends nothing; "
+                             f"when {KEEPALIVE_COUNT} go unanswered ssh gives the host up and the "
+                             f"cluster is stopped; connecting may take as long (default: "
+                             f"{KEEPALIVE_S}: a vanished host is noticed within "
+                             f"{keepalive_window(KEEPALIVE_S)}s; 0: off, as plain ssh)")
     parser.add_argument("--port", type=int, help="scheduler port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping (default: 10)")
@@ -247,6 +265,8 @@ def parse_args(argv=None):
         parser.error("--launcher ssh needs -H HOSTFILE")
     if args.timeout <= 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
+    if args.keepalive < 0:
+        parser.error(f"--keepalive must be >= 0, got {args.keepalive}")
     return args
 
 
@@ -285,7 +305,8 @@ def main(argv=None):
             if args.ssh_config and not os.path.isfile(args.ssh_config):
                 raise InputError(f"{args.ssh_config}: no such ssh configuration file")
             nodes = ssh_nodes(hosts, args.num_workers, args.num_servers, args.command, port,
-                              host_ip, os.getcwd(), env, ssh_config=args.ssh_config)
+                              host_ip, os.getcwd(), env, ssh_config=args.ssh_config,
+                              keepalive=args.keepalive)
         return run_cluster(nodes, args.timeout)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

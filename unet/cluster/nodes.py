@@ -15,6 +15,9 @@ from ..core.threads import user_environ
 SERVER_CODE = "import mxnet"
 FORWARDED_ENV = ("OMP_NUM_THREADS", "KMP_AFFINITY", "LD_LIBRARY_PATH", "DMLC_INTERFACE",
                  "PS_VERBOSE", "DNNL_MAX_CPU_ISA")
+KEEPALIVE_S = 5      # ssh: seconds between keep-alives when the host sends nothing
+KEEPALIVE_COUNT = 3  # unanswered keep-alives before ssh gives the host up (ssh's own default)
+SSH_FAILED = 255     # ssh's exit code for its own errors, a lost host among them
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Node:
     index: int
     argv: tuple
     env: dict = field(default_factory=dict)
+    host: str = None  # the remote host that ``argv`` reaches over ssh; None: this machine
 
     @property
     def label(self):
@@ -85,15 +89,38 @@ def read_hostfile(path):
     return hosts
 
 
+def keepalive_window(interval, count=KEEPALIVE_COUNT):
+    """Seconds of silence after which ssh gives a host up: ``(count + 1) * interval``.
+
+    ssh sends a keep-alive after each ``interval`` seconds in which the host sent nothing and
+    exits with code 255 when ``count`` of them are unanswered, at the next one.
+    """
+    return (count + 1) * interval
+
+
+def ssh_options(keepalive=KEEPALIVE_S):
+    """The ``-o`` options of every ssh: no prompts, and give up a host that stops answering.
+
+    ``keepalive`` (seconds, 0 for ssh's defaults: no keep-alives, the system's connect timeout)
+    bounds both how long a silent host goes unnoticed and how long a connection may take.
+    """
+    options = ["StrictHostKeyChecking=no", "BatchMode=yes"]
+    if keepalive:
+        options += [f"ServerAliveInterval={keepalive}", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
+                    f"ConnectTimeout={keepalive_window(keepalive)}"]
+    return tuple(word for option in options for word in ("-o", option))
+
+
 def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=None,
-              python=sys.executable, environ=None, ssh_config=None):
+              python=sys.executable, environ=None, ssh_config=None, keepalive=KEEPALIVE_S):
     """The cluster over ssh: scheduler here, servers then workers round-robin over ``hosts``.
 
     Builds the command lines only, runs nothing. ``host_ip`` is this machine's address as the
     hosts reach it (the scheduler's ``DMLC_PS_ROOT_URI``); each remote process binds the address
     its host is named by in the hosts file (``DMLC_NODE_HOST``). The few variables of
     ``FORWARDED_ENV`` that are set in ``environ`` (default ``os.environ``) and ``env`` are
-    passed on. ``ssh_config`` is an ssh configuration file (``ssh -F``) in place of the user's.
+    passed on. ``ssh_config`` is an ssh configuration file (``ssh -F``) in place of the user's;
+    ``keepalive`` is ssh's keep-alive interval, :func:`ssh_options`.
     """
     environ = user_environ() if environ is None else environ
     shared = {**{k: environ[k] for k in FORWARDED_ENV if k in environ}, **(env or {}),
@@ -108,7 +135,6 @@ def ssh_nodes(hosts, num_workers, num_servers, command, port, host_ip, cwd, env=
         assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in remote_env.items())
         remote = f"cd {shlex.quote(cwd)} && exec env {assignments} {shlex.join(argv)}"
         config = ("-F", ssh_config) if ssh_config else ()
-        ssh = ("ssh", *config, "-tt", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
-               "-p", ssh_port, host, remote)
-        nodes.append(Node(role, index, ssh, {}))
+        ssh = ("ssh", *config, "-tt", *ssh_options(keepalive), "-p", ssh_port, host, remote)
+        nodes.append(Node(role, index, ssh, {}, host))
     return nodes
