@@ -192,11 +192,15 @@ def test_one_bit_and_16_bit_gray_alpha(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "la16.png"), gradient(np.uint16))
 
 
-def test_multi_page_tiff_refused(tmp_path):
+def test_multi_frame_files_refused(tmp_path):
+    # read_image is one image: a TIFF stack is read by unet.data.stacks (evaluate.py --image).
     pages = [Image.fromarray(gradient()), Image.fromarray(255 - gradient())]
     pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
-    with pytest.raises(InputError, match="stack.tif: holds 2 images"):
+    with pytest.raises(InputError, match=r"stack.tif: holds 2 images \(a TIFF stack"):
         read_image(tmp_path / "stack.tif")
+    pages[0].save(tmp_path / "anim.gif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"anim.gif: holds 2 images \(a stack or animation"):
+        read_image(tmp_path / "anim.gif")
 
 
 def test_png_with_a_damaged_optional_chunk_is_still_read(tmp_path):

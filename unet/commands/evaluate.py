@@ -2,6 +2,7 @@
 (``evaluate.py``, ``unet-evaluate``).
 
     python evaluate.py --image ./input.png --network-param ./unet_best.params
+    python evaluate.py --image ./stack.tif --mask ./labels.tif --network-param ./unet_best.params
     python evaluate.py --image ./images/ --network-param ./unet_best.params --tta
     python evaluate.py --data-dir ./data --network-param ./unet_best.params
     python evaluate.py --network-param ./unet_best.params --export ./deploy/unet
@@ -12,11 +13,14 @@ import sys
 
 from unet.core.cli import OneLineParser, int_list, run_guarded, setup_logging
 from unet.core.errors import InputError
-from unet.inference.evaluation import check_samples, format_table, list_dataset, list_folder, \
-    segment_samples, write_metrics
+from unet.data.stacks import is_stack, read_mask_slices, stack_shape
+from unet.inference.evaluation import SCORES, check_samples, format_table, list_dataset, \
+    list_folder, segment_samples, write_metrics
+from unet.inference.metrics import score_segmentation
 from unet.model.export import export_network
 from unet.core.held_logs import held_info_lines
-from unet.inference.segmenter import Segmenter, contexts, default_mask_path, segment_file
+from unet.inference.segmenter import Segmenter, contexts, default_mask_path, \
+    foreground_probability, output_files, refuse_replacing_inputs, segment_file, segment_stack
 from unet.inference.postprocess import CellSplitting
 
 
@@ -26,8 +30,10 @@ def build_parser():
                     "checkpoint's own config: no architecture flags.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", metavar="PATH",
-                        help="an image file, or a folder of images (a folder named 'image' is "
-                             "scored against a sibling 'mask' folder where masks exist)")
+                        help="an image file, a multi-page TIFF stack (plain, ImageJ or OME: "
+                             "every slice is segmented and the outputs are stacks of as many "
+                             "pages), or a folder of images (a folder named 'image' is scored "
+                             "against a sibling 'mask' folder where masks exist)")
     source.add_argument("--data-dir", metavar="DIR",
                         help="a dataset root: segments DIR/SPLIT/image and scores against "
                              "DIR/SPLIT/mask where masks exist")
@@ -41,14 +47,21 @@ def build_parser():
                              "must share the classes and mask encoding; --export takes one)")
     parser.add_argument("--output", metavar="PATH",
                         help="mask file (or folder) for a single image (default: NAME_mask.png "
-                             "beside it); "
+                             "beside it, NAME_mask.tif for a stack); "
                              "output folder in folder mode (default: FOLDER_masks beside the "
                              "folder, or ./predictions for --data-dir)")
+    parser.add_argument("--mask", metavar="PATH",
+                        help="with a single --image: its ground-truth mask (for a stack, a mask "
+                             "stack of as many slices), in the training masks' values; prints "
+                             "the scores of every slice and their mean, and writes metrics.csv "
+                             "and metrics.json beside the mask output")
     parser.add_argument("--overlay", action="store_true",
-                        help="also write NAME_overlay.png: the input with predicted boundaries")
+                        help="also write NAME_overlay.png (a stack: NAME_overlay.tif): the input "
+                             "with predicted boundaries")
     parser.add_argument("--probabilities", choices=("png16", "npy"),
                         help="also write the foreground probability map as NAME_prob.png "
-                             "(16-bit, 0..65535) or NAME_prob.npy (float32)")
+                             "(16-bit, 0..65535; a stack: NAME_prob.tif) or NAME_prob.npy "
+                             "(float32; a stack: Z x H x W)")
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and 90-degree rotations of every tile")
     parser.add_argument("--batch-size", type=int, default=4,
@@ -107,6 +120,9 @@ def check_options(args):
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.overlap is not None and args.overlap < 0:
         raise InputError(f"--overlap must be non-negative, got {args.overlap}")
+    if args.mask and not (args.image and not os.path.isdir(args.image)):
+        raise InputError("--mask scores a single --image file; folders and --data-dir pair "
+                         "their images with the masks of a sibling 'mask' folder")
 
 
 def cell_splitting(args):
@@ -142,15 +158,58 @@ def _load_segmenter(args):
 
 
 def _segment_one(segmenter, args):
-    """Segment the single image ``--image``; prints the files written."""
-    mask_path = args.output or default_mask_path(args.image)
+    """Segment the single image or TIFF stack ``--image``, score it against ``--mask``; prints
+    the files written."""
+    stack = is_stack(args.image)
+    suffix = ".tif" if stack else ".png"
+    mask_path = args.output or default_mask_path(args.image, suffix=suffix)
     if os.path.isdir(mask_path):
-        mask_path = default_mask_path(args.image, mask_path)
-    _, written = segment_file(segmenter, args.image, mask_path, args.overlay,
-                              args.probabilities, progress=not args.no_progress)
+        mask_path = default_mask_path(args.image, mask_path, suffix)
+    if stack and not mask_path.lower().endswith((".tif", ".tiff")):
+        raise InputError(f"{mask_path}: the mask of a TIFF stack is a multi-page TIFF; give "
+                         "--output a .tif name")
+    folder = os.path.dirname(mask_path) or "."
+    if args.mask:       # before any work: what would be scored, and what it would write over
+        refuse_replacing_inputs(output_files(mask_path, args.overlay, args.probabilities, suffix)
+                                + [os.path.join(folder, "metrics.csv"),
+                                   os.path.join(folder, "metrics.json")],
+                                [args.image, args.mask])
+        targets = read_mask_slices(args.mask, stack_shape(args.image), segmenter.encoding)
+    segment = segment_stack if stack else segment_file
+    predictions, written = segment(segmenter, args.image, mask_path, args.overlay,
+                                   args.probabilities, progress=not args.no_progress)
     for path in written:
         print(path)
+    if args.mask:
+        stem = os.path.splitext(os.path.basename(args.image))[0]
+        names = [f"{stem}[{z}]" for z in range(len(targets))] if stack else [stem]
+        rows = _score(segmenter, names, predictions if stack else [predictions], targets)
+        _report(segmenter, args, folder, rows, len(rows))
     return 0
+
+
+def _score(segmenter, names, predictions, targets):
+    """One row of :data:`unet.inference.evaluation.SCORES` per image, as folder mode scores."""
+    rows = []
+    for name, prediction, target in zip(names, predictions, targets):
+        scores = score_segmentation(prediction.classes, target, segmenter.num_classes,
+                                    foreground_probability(prediction.probabilities))
+        rows.append({"image": name, **{key: float(scores[key]) for key in SCORES}})
+    return rows
+
+
+def _report(segmenter, args, folder, rows, num_images):
+    """Write metrics.csv and metrics.json of ``rows`` (of ``num_images`` segmented) in
+    ``folder``; print the table."""
+    splitting = segmenter.cell_splitting
+    checkpoints = [os.path.abspath(p) for p in args.network_param]
+    info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+            "tta": args.tta, "num_images": num_images,
+            "threshold": segmenter.threshold if segmenter.num_classes == 2 else None,
+            "split_cells": splitting.to_dict() if splitting else None}
+    paths = write_metrics(folder, rows, info)
+    print(format_table(rows))
+    print(f"metrics: {paths[0]} {paths[1]}")
 
 
 def run(args):
@@ -176,15 +235,7 @@ def run(args):
                            progress=not args.no_progress, checked=True)
     print(f"{len(samples)} masks in {output}")
     if rows:
-        splitting = segmenter.cell_splitting
-        checkpoints = [os.path.abspath(p) for p in args.network_param]
-        info = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
-                "tta": args.tta, "num_images": len(samples),
-                "threshold": segmenter.threshold if segmenter.num_classes == 2 else None,
-                "split_cells": splitting.to_dict() if splitting else None}
-        paths = write_metrics(output, rows, info)
-        print(format_table(rows))
-        print(f"metrics: {paths[0]} {paths[1]}")
+        _report(segmenter, args, output, rows, len(samples))
     return 0
 
 

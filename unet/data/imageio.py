@@ -153,9 +153,17 @@ def _decode(path, as_mask):
     with _open_file(path) as handle:
         image = _open_lazy(name, handle)
         if image is not None:
-            if getattr(image, "n_frames", 1) > 1:
-                raise InputError(f"{name}: holds {image.n_frames} images (a stack or "
-                                 "animation); save one image per file")
+            try:
+                with warnings.catch_warnings():   # a damaged page's warnings: the error says it
+                    warnings.simplefilter("ignore")
+                    frames = getattr(image, "n_frames", 1)   # PIL reads every page's header
+            except (OSError, SyntaxError, ValueError, EOFError, TypeError) as err:
+                raise InputError(f"{name}: truncated or corrupt image: {err}") from None
+            if frames > 1:
+                kind = "a TIFF stack: give it alone to --image" if image.format == "TIFF" \
+                    else "a stack or animation"
+                raise InputError(f"{name}: holds {frames} images ({kind}); save one image "
+                                 "per file")
             if image.mode in _PIL_EXACT and not _needs_cv2(image):
                 try:
                     return name, _pil_decode(name, image, as_mask)
@@ -207,7 +215,12 @@ def read_image(path):
         Missing file, directory, empty, truncated, not an image, or more than
         :data:`MAX_PIXELS` pixels declared.
     """
-    name, array = _decode(path, as_mask=False)
+    return image_from_array(*_decode(path, as_mask=False))
+
+
+def image_from_array(name, array):
+    """:func:`read_image`'s scaling and checks on a decoded ``(H, W)`` or ``(H, W, C)`` array
+    (``name`` for the messages)."""
     image = _to_unit_float(name, array)
     if image.ndim == 2:
         image = image[:, :, None]
@@ -228,7 +241,11 @@ def read_mask(path):
     InputError
         The same cases as :func:`read_image`, and floating-point or negative masks.
     """
-    name, array = _decode(path, as_mask=True)
+    return mask_from_array(*_decode(path, as_mask=True))
+
+
+def mask_from_array(name, array):
+    """:func:`read_mask`'s checks on a decoded ``(H, W)`` or ``(H, W, 3)`` integer array."""
     if not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{name}: mask has non-integer pixels ({array.dtype}); save masks as "
                          "8- or 16-bit PNG")
@@ -286,19 +303,28 @@ def write_png(path, array):
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape:
         raise ValueError(f"write_png needs (H, W) or (H, W, 3), got shape {array.shape}")
-    path = os.fsdecode(path)  # unet.core.atomic builds str temp names; surrogateescape keeps bytes
-    name = display_path(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{name}: folder {display_path(folder)} does not exist")
     if array.ndim == 3:
         array = array[:, :, ::-1]  # RGB -> BGR for cv2
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
     if not ok:
         raise ValueError(f"cv2 could not encode an array of shape {array.shape} as PNG")
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(encoded.tobytes())
+    write_file(path, write)
+
+
+def write_file(path, write):
+    """Atomically write ``path``: ``write(tmp)`` fills a temporary file beside it (same suffix),
+    which then replaces ``path``. InputError when the folder is missing or not writable."""
+    path = os.fsdecode(path)  # unet.core.atomic builds str temp names; surrogateescape keeps bytes
+    name = display_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{name}: folder {display_path(folder)} does not exist")
     try:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                handle.write(encoded.tobytes())
+            write(tmp)
     except OSError as err:
         raise InputError(f"{name}: cannot write: {err.strerror or err}") from None

@@ -13,16 +13,16 @@ import mxnet as mx
 import numpy as np
 from tqdm import tqdm
 
-from ..core.atomic import atomic_path
 from ..checkpoints.loading import load_for_inference
 from ..data.samples import PROGRESS_DELAY_S, Normalization, match_channels
 from ..core.errors import InputError
-from ..data.imageio import display_path, read_image, write_png
+from ..data.imageio import display_path, read_image, write_file, write_png
+from ..data.stacks import read_stack, write_stack
 from ..data.masks import MaskEncoding
 from ..model.network import inference_copy
 from .postprocess import split_cells
 from ..model.precision import bf16_inference_network, int8_inference_network
-from .tiling import predict_probabilities, sample_tiles
+from .tiling import evenly_spaced, predict_probabilities, sample_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -241,28 +241,30 @@ class Segmenter:
             progress=None if bar.disable else bar)
 
 
-def output_paths(mask_path):
+def output_paths(mask_path, suffix=".png"):
     """``{'mask', 'overlay', 'png16', 'npy'}`` beside ``mask_path``; ``NAME_mask.png`` gives
-    ``NAME_overlay.png``, ``NAME_prob.png`` and ``NAME_prob.npy``."""
+    ``NAME_overlay.png``, ``NAME_prob.png`` and ``NAME_prob.npy`` (``suffix`` '.tif' for a
+    stack: ``NAME_overlay.tif``, ``NAME_prob.tif``)."""
     mask_path = os.fspath(mask_path)
     root = os.path.splitext(mask_path)[0]
     if root.endswith("_mask"):
         root = root[:-len("_mask")]
-    return {"mask": mask_path, "overlay": f"{root}_overlay.png", "png16": f"{root}_prob.png",
-            "npy": f"{root}_prob.npy"}
+    return {"mask": mask_path, "overlay": f"{root}_overlay{suffix}",
+            "png16": f"{root}_prob{suffix}", "npy": f"{root}_prob.npy"}
 
 
-def default_mask_path(image_path, folder=None):
-    """``NAME_mask.png`` in ``folder`` (default: beside the image)."""
+def default_mask_path(image_path, folder=None, suffix=".png"):
+    """``NAME_mask.png`` (or ``suffix``) in ``folder`` (default: beside the image)."""
     image_path = os.fspath(image_path)
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return os.path.join(folder if folder is not None else os.path.dirname(image_path),
-                        f"{stem}_mask.png")
+                        f"{stem}_mask{suffix}")
 
 
-def output_files(mask_path, overlay=False, probabilities=None):
-    """The files :func:`write_outputs` writes for these arguments."""
-    paths = output_paths(mask_path)
+def output_files(mask_path, overlay=False, probabilities=None, suffix=".png"):
+    """The files :func:`write_outputs` (``suffix`` '.tif': :func:`segment_stack`) writes for
+    these arguments."""
+    paths = output_paths(mask_path, suffix)
     return [paths["mask"]] + [paths["overlay"]] * bool(overlay) + \
         ([paths[probabilities]] if probabilities else [])
 
@@ -275,6 +277,23 @@ def refuse_replacing_inputs(outputs, inputs):
         if os.path.realpath(path) in taken:
             raise InputError(f"{display_path(path)}: an output would replace this input file; "
                              f"choose another output path")
+
+
+def output_arrays(prediction, image, overlay=False, probabilities=None):
+    """The arrays :func:`write_outputs` writes for one image, by :func:`output_paths` key:
+    ``mask``, then ``overlay`` (uint8 RGB) and ``png16`` (uint16) or ``npy`` (float32) as
+    asked."""
+    if probabilities not in (None,) + PROBABILITY_FORMATS:
+        raise ValueError(f"probabilities must be one of {PROBABILITY_FORMATS} or None, "
+                         f"got {probabilities!r}")
+    arrays = {"mask": prediction.mask}
+    if overlay:
+        arrays["overlay"] = overlay_image(image, prediction.classes)
+    if probabilities is not None:
+        foreground = foreground_probability(prediction.probabilities)
+        arrays[probabilities] = (foreground * 65535.0 + 0.5).astype(np.uint16) \
+            if probabilities == "png16" else foreground.astype(np.float32)
+    return arrays
 
 
 def write_outputs(prediction, image, mask_path, overlay=False, probabilities=None):
@@ -297,28 +316,15 @@ def write_outputs(prediction, image, mask_path, overlay=False, probabilities=Non
     list of str
         Written paths.
     """
-    if probabilities not in (None,) + PROBABILITY_FORMATS:
-        raise ValueError(f"probabilities must be one of {PROBABILITY_FORMATS} or None, "
-                         f"got {probabilities!r}")
     paths = output_paths(mask_path)
-    write_png(paths["mask"], prediction.mask)
-    if overlay:
-        write_png(paths["overlay"], overlay_image(image, prediction.classes))
-    if probabilities is not None:
-        foreground = foreground_probability(prediction.probabilities)
-        if probabilities == "png16":
-            write_png(paths["png16"], (foreground * 65535.0 + 0.5).astype(np.uint16))
-        else:
-            _write_npy(paths["npy"], foreground.astype(np.float32))
-    return output_files(mask_path, overlay, probabilities)
+    arrays = output_arrays(prediction, image, overlay, probabilities)
+    for kind, array in arrays.items():
+        (_write_npy if kind == "npy" else write_png)(paths[kind], array)
+    return [paths[kind] for kind in arrays]
 
 
 def _write_npy(path, array):
-    try:
-        with atomic_path(path) as tmp:
-            np.save(tmp, array, allow_pickle=False)
-    except OSError as err:
-        raise InputError(f"{display_path(path)}: cannot write: {err.strerror or err}") from None
+    write_file(path, lambda tmp: np.save(tmp, array, allow_pickle=False))
 
 
 def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=None,
@@ -330,6 +336,35 @@ def segment_file(segmenter, image_path, mask_path, overlay=False, probabilities=
     image = read_image(image_path)
     prediction = segmenter.predict(image, display_path(image_path), progress=progress)
     return prediction, write_outputs(prediction, image, mask_path, overlay, probabilities)
+
+
+def segment_stack(segmenter, stack_path, mask_path, overlay=False, probabilities=None,
+                  progress=False):
+    """Read the TIFF stack ``stack_path`` (:func:`unet.data.stacks.read_stack`), segment every
+    slice, write the outputs as stacks of as many pages in the same order; returns
+    ``(predictions, written)``, one :class:`Prediction` per slice.
+
+    The mask (``mask_path``), ``NAME_overlay.tif`` and ``NAME_prob.tif`` (16-bit) are multi-page
+    TIFFs, ``NAME_prob.npy`` a ``(Z, H, W)`` float32 array; each is written whole at the end, or
+    not at all. An output that would replace the stack is refused before any work.
+    ``progress``: a bar over the slices (default False).
+    """
+    refuse_replacing_inputs(output_files(mask_path, overlay, probabilities, ".tif"),
+                            [stack_path])
+    stack = read_stack(stack_path)                                # (Z, H, W, C)
+    name = display_path(stack_path)
+    chosen = evenly_spaced(len(stack), CALIBRATION_TILES)         # int8: over the stack
+    segmenter.calibrate([stack[z] for z in chosen], [f"{name} slice {z}" for z in chosen])
+    predictions, slices = [], {}
+    for z, image in enumerate(tqdm(stack, desc="segmenting", unit="slice", file=sys.stderr,
+                                   disable=not progress)):
+        predictions.append(segmenter.predict(image, f"{name} slice {z}"))
+        for kind, array in output_arrays(predictions[-1], image, overlay, probabilities).items():
+            slices.setdefault(kind, []).append(array)
+    paths = output_paths(mask_path, ".tif")
+    for kind, arrays in slices.items():
+        (_write_npy if kind == "npy" else write_stack)(paths[kind], np.stack(arrays))
+    return predictions, [paths[kind] for kind in slices]
 
 
 def contexts(gpu_ids):
