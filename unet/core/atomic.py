@@ -90,6 +90,7 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path, obj):
-    """Atomically write ``obj`` as indented JSON to ``path``."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path, obj, sort_keys=True):
+    """Atomically write ``obj`` as indented JSON to ``path``; ``sort_keys=False`` keeps the
+    dicts' own order (default: sorted)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")

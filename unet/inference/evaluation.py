@@ -26,7 +26,9 @@ from .tiling import evenly_spaced
 logger = logging.getLogger(__name__)
 
 #: Scores in table order; the keys of :func:`unet.inference.metrics.score_segmentation` used here.
-SCORES = ("pixel_error", "dice", "iou", "rand_error", "rand_error_thinned", "pixel_error_fscore")
+#: The ISBI 2012 challenge's two scores (after border thinning, higher is better) lead.
+SCORES = ("v_rand", "v_info", "pixel_error", "dice", "iou", "rand_error", "rand_error_thinned",
+          "pixel_error_fscore")
 
 
 def list_folder(folder):
@@ -171,8 +173,9 @@ def format_table(rows):
 def write_metrics(output_dir, rows, info=None):
     """Write ``metrics.csv`` (per image, then a ``mean`` row) and ``metrics.json``.
 
-    ``info`` (e.g. the checkpoint and options) is stored in the JSON beside ``images`` and
-    ``mean``. Returns the two paths.
+    Both keep the order of :data:`SCORES` (``v_rand`` and ``v_info`` first). ``info`` (e.g. the
+    checkpoint and options) is stored in the JSON after ``images`` and ``mean``. Returns the two
+    paths.
     """
     mean = mean_scores(rows)
     buffer = io.StringIO()
@@ -183,5 +186,5 @@ def write_metrics(output_dir, rows, info=None):
     csv_path = os.path.join(output_dir, "metrics.csv")
     json_path = os.path.join(output_dir, "metrics.json")
     write_text(csv_path, buffer.getvalue())
-    write_json(json_path, {"images": rows, "mean": mean, **(info or {})})
+    write_json(json_path, {"images": rows, "mean": mean, **(info or {})}, sort_keys=False)
     return [csv_path, json_path]

@@ -1,11 +1,13 @@
 """Segmentation metrics as pure numpy functions, and a small accumulator for them.
 
 Class 0 is the background (membrane, in EM data) and the other classes are foreground; for a
-binary model "foreground" is class 1 (cell).
+binary model "foreground" is class 1 (cell). The cell scores (Rand errors, V_Rand, V_Info) compare
+the cells, the 4-connected components of the foreground, on the pixels of the true cells only.
 """
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
+from skimage.metrics import contingency_table
 
 from .postprocess import thin_membranes
 
@@ -73,7 +75,7 @@ def adapted_rand_error(pred, target):
     target are ignored, as in the ISBI 2012 challenge (scikit-image's ``ignore_labels=(0,)``).
     """
     pred_cells, _ = ndimage.label(np.asarray(pred) > 0)
-    return _cells_rand_error(pred_cells, target)
+    return _rand_error(cells_table(pred_cells, target))
 
 
 def adapted_rand_error_thinned(pred, target):
@@ -84,16 +86,91 @@ def adapted_rand_error_thinned(pred, target):
     (:func:`unet.inference.postprocess.thin_membranes`), so that a membrane drawn wider than the true one is
     not counted as one large segment spanning many true cells. Merges and splits of cells count
     as in :func:`adapted_rand_error`; pixel error is not affected (it scores ``pred`` itself).
+    ``1 -`` this is the challenge's V_Rand.
     """
-    return _cells_rand_error(thin_membranes(np.asarray(pred) > 0), target)
+    return _rand_error(thinned_cells_table(pred, target))
 
 
-def _cells_rand_error(pred_cells, target):
-    """scikit-image's adapted Rand error of the labelled ``pred_cells`` against the cells
-    (4-connected foreground components) of ``target``, ignoring the target's background."""
+def information_fscore_thinned(pred, target):
+    """V_Info, the ISBI 2012 challenge's information-theoretic score, after border thinning.
+
+    :func:`information_fscore` of the same table as :func:`adapted_rand_error_thinned`:
+    ``pred``, ``target``: ``(H, W)`` class maps, class 0 the membrane. 1 is perfect.
+    """
+    return information_fscore(thinned_cells_table(pred, target))
+
+
+def cells_table(pred_cells, target):
+    """Contingency table of the true cells against ``pred_cells``, over the true cells' pixels.
+
+    Parameters
+    ----------
+    pred_cells : np.ndarray
+        ``(H, W)`` int labels of the predicted segments (0 is a label like any other here).
+    target : np.ndarray
+        ``(H, W)`` class map; its cells are the 4-connected components of class > 0.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(true cells + 1, predicted labels + 1)`` pixel counts; row 0 (the true membrane) is
+        all zero: the ISBI 2012 challenge scores only the pixels of true cells.
+    """
     true_cells, _ = ndimage.label(np.asarray(target) > 0)
-    error, _, _ = _skimage_adapted_rand_error(true_cells, pred_cells, ignore_labels=(0,))
+    return contingency_table(true_cells, np.asarray(pred_cells), ignore_labels=(0,))
+
+
+def thinned_cells_table(pred, target):
+    """:func:`cells_table` of ``pred``'s cells after border thinning: the table that both
+    V_Rand and V_Info of the ISBI 2012 challenge are computed from."""
+    return cells_table(thin_membranes(np.asarray(pred) > 0), target)
+
+
+def _rand_error(table):
+    """scikit-image's adapted Rand error of a contingency table (rows true, columns predicted);
+    NaN without any true-cell pixel."""
+    error, _, _ = _skimage_adapted_rand_error(table=table)
     return float(error)
+
+
+def information_fscore(table):
+    """The information-theoretic F-score V_Info = 2 I(S;T) / (H(S) + H(T)) of a contingency table.
+
+    The ISBI 2012 challenge's score (Arganda-Carreras et al. 2015): the F-score of the
+    information-theoretic split score I/H(S) and merge score I/H(T), with T the true segments
+    (rows), S the predicted ones (columns), H the entropies and I the mutual information of the
+    table's joint distribution. 1 is perfect; 0 when the prediction tells nothing about the
+    truth (all in one segment, or a single true segment split). Symmetric in S and T.
+
+    Parameters
+    ----------
+    table : scipy.sparse matrix or array-like
+        ``(T, S)`` pixel counts, e.g. :func:`cells_table`.
+
+    Returns
+    -------
+    float
+        1.0 when both sides are a single segment (H(S) = H(T) = 0), NaN for an empty table.
+    """
+    table = sparse.csr_matrix(table, dtype=np.float64)
+    total = table.sum()
+    if total == 0:
+        return float("nan")
+    h_true = _entropy(np.asarray(table.sum(axis=1)).ravel(), total)
+    h_pred = _entropy(np.asarray(table.sum(axis=0)).ravel(), total)
+    if h_true + h_pred == 0:
+        return 1.0
+    mutual = h_true + h_pred - _entropy(table.data, total)
+    # Within rounding of [0, 1]; identical labelings give exactly 1 (see _entropy).
+    return float(np.clip(2.0 * mutual / (h_true + h_pred), 0.0, 1.0))
+
+
+def _entropy(counts, total):
+    """Entropy (nats) of the distribution ``counts / total``. Sorted before the sum, so that the
+    same counts in another order (rows, columns and cells of a permutation table) give the same
+    float, bit for bit."""
+    p = np.sort(counts[counts > 0]) / total
+    return float(-(p * np.log(p)).sum())
 
 
 def _fiji_thresholds(start=0.0, stop=1.0, step=0.1):
@@ -136,8 +213,9 @@ def pixel_error_fscore(foreground_prob, target):
 
 
 def score_segmentation(pred, target, num_classes, foreground_prob=None):
-    """All the per-image scores: ``pixel_error``, ``dice``, ``iou``, ``rand_error``,
-    ``rand_error_thinned``, ``pixel_error_fscore`` and ``accuracy``.
+    """All the per-image scores, the ISBI 2012 challenge's two first: ``v_rand`` and ``v_info``
+    (after border thinning, higher is better), then ``pixel_error``, ``accuracy``, ``dice``,
+    ``iou``, ``rand_error``, ``rand_error_thinned`` (``1 - v_rand``) and ``pixel_error_fscore``.
 
     ``foreground_prob``: the ``(H, W)`` foreground probability that ``pred`` was made from, for
     :func:`pixel_error_fscore`; without it that score uses ``pred`` itself (1 - Dice).
@@ -145,13 +223,17 @@ def score_segmentation(pred, target, num_classes, foreground_prob=None):
     cm = confusion_matrix(pred, target, num_classes)
     if foreground_prob is None:
         foreground_prob = (np.asarray(pred) > 0).astype(np.float64)
+    thinned = thinned_cells_table(pred, target)        # thinned once for the three scores
+    rand_error_thinned = _rand_error(thinned)
     return {
+        "v_rand": 1.0 - rand_error_thinned,
+        "v_info": information_fscore(thinned),
         "pixel_error": pixel_error(cm),
         "accuracy": pixel_accuracy(cm),
         "dice": foreground_dice(cm),
         "iou": mean_iou(cm),
         "rand_error": adapted_rand_error(pred, target),
-        "rand_error_thinned": adapted_rand_error_thinned(pred, target),
+        "rand_error_thinned": rand_error_thinned,
         "pixel_error_fscore": pixel_error_fscore(foreground_prob, target),
     }
 
