@@ -107,3 +107,15 @@ def run_guarded(body):
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_dataset_writer(args, write):
+    """The body of a program that writes a dataset folder: log as ``args.quiet`` says, then
+    ``write(args)`` under :func:`run_guarded`; returns the exit code (0 ok, 2 bad input)."""
+    setup_logging(quiet=args.quiet)
+
+    def body():
+        write(args)
+        return 0
+
+    return run_guarded(body)

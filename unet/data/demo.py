@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..core.cli import OneLineParser, add_dataset_writer_flags, run_guarded, setup_logging
+from ..core.cli import OneLineParser, add_dataset_writer_flags, run_dataset_writer
 from ..core.errors import InputError
 from .imageio import write_png
 
@@ -271,15 +271,9 @@ def build_parser():
 
 def main(argv=None):
     """Command-line entry point; returns the exit code (0 ok, 2 bad input)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=args.quiet)
-
-    def body():
-        generate_demo_dataset(args.out, seed=args.seed, size=args.size, n_train=args.n_train,
-                              n_validate=args.n_validate, n_test=args.n_test, overwrite=args.overwrite)
-        return 0
-
-    return run_guarded(body)
+    return run_dataset_writer(build_parser().parse_args(argv), lambda a: generate_demo_dataset(
+        a.out, seed=a.seed, size=a.size, n_train=a.n_train, n_validate=a.n_validate,
+        n_test=a.n_test, overwrite=a.overwrite))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 from .demo import prepare_split
-from ..core.cli import OneLineParser, add_dataset_writer_flags, run_guarded, setup_logging
+from ..core.cli import OneLineParser, add_dataset_writer_flags, run_dataset_writer
 from ..core.errors import InputError
 from .imageio import write_png
 
@@ -156,15 +156,9 @@ def build_parser():
 
 def main(argv=None):
     """Command-line entry point; returns the exit code (0 ok, 2 bad input)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=args.quiet)
-
-    def body():
-        convert_isbi(args.train_volume, args.train_labels, args.out, test_volume=args.test_volume,
-                     n_validate=args.validate, overwrite=args.overwrite)
-        return 0
-
-    return run_guarded(body)
+    return run_dataset_writer(build_parser().parse_args(argv), lambda a: convert_isbi(
+        a.train_volume, a.train_labels, a.out, test_volume=a.test_volume, n_validate=a.validate,
+        overwrite=a.overwrite))
 
 
 if __name__ == "__main__":
