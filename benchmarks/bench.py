@@ -11,6 +11,9 @@ data    the data pipeline alone: load + augment, images/s with ``--workers`` loa
 epoch   a short real epoch of ``unet.training.loop.train`` against the same number of pure steps
 tiled   overlap-tiled inference of a 2048x2048 image against one 512x512 pass, per pixel
         (``--batch`` tiles per forward pass)
+stream  chunked inference of a synthetic Zarr section of ``--stream-size`` (Zarr in, Zarr out,
+        as ``evaluate.py --output NAME.zarr``), run once: its peak memory should not grow with
+        the image (only when named: it takes minutes)
 
 GFLOP/s counts the convolutions only (2*k*k*Cin*Cout*H*W per forward; a training step counts
 3x the forward). Peak memory is the child process' ``ru_maxrss``.
@@ -29,7 +32,7 @@ from unet.core.cli import OneLineParser  # noqa: E402  (imports unet, not mxnet:
 from benchkit.child import child  # noqa: E402
 from benchkit.machine import machine_info, machine_line  # noqa: E402
 from benchkit.runner import measure_row  # noqa: E402
-from benchkit.specs import TASKS, row_specs, settle_arguments  # noqa: E402
+from benchkit.specs import DEFAULT_TASKS, TASKS, row_specs, settle_arguments  # noqa: E402
 from benchkit.table import format_table  # noqa: E402
 
 
@@ -43,10 +46,12 @@ def build_parser():
     """
     p = OneLineParser(description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS),
-                   help="what to time (default: all): train (a training step), infer (a "
-                        "forward pass), data (the loader), epoch (a short unet.training.loop run), tiled "
-                        "(overlap-tiled inference); a row per task, size and channel count")
+    p.add_argument("--task", nargs="+", choices=TASKS, default=list(DEFAULT_TASKS),
+                   help="what to time (default: all), except stream, which runs when named: "
+                        "train (a training step), infer (a forward pass), data (the loader), "
+                        "epoch (a short unet.training.loop run), tiled (overlap-tiled "
+                        "inference), stream (chunked Zarr inference); a row per task, size and "
+                        "channel count")
     p.add_argument("--size", nargs="+", type=int, default=None,
                    help="image side, a multiple of 2**depth (default 256 512; data/epoch 256; "
                         "tiled: the tile, 512)")
@@ -115,6 +120,12 @@ def _add_model_flags(g):
                    help="tiled: overlap of the tiles in pixels, in [0, tile) (default tile/4)")
     g.add_argument("--tiled-image", type=int, default=2048,
                    help="tiled: image side, >= 1 (default 2048)")
+    g.add_argument("--stream-size", nargs="+", type=int, default=[4096, 16384],
+                   help="stream: image sides, a row each (default 4096 16384)")
+    g.add_argument("--stream-tile", type=int, default=128,
+                   help="stream: the network's tile (image size) (default 128)")
+    g.add_argument("--stream-chunk", type=int, default=1024,
+                   help="stream: side of the Zarr chunks, input and output, >= 1 (default 1024)")
     g.add_argument("--timeout", type=int, default=1800,
                    help="seconds per row's process, >= 1 (default 1800)")
 

@@ -6,7 +6,8 @@ row and checks it, :mod:`.machine` describes the machine, :mod:`.runner` runs ev
 
 Child side (one row per process): :mod:`.child` measures a row with the runner of its task,
 :mod:`.train` (a training step), :mod:`.infer` (a forward pass, tiled inference), :mod:`.loader`
-(the data pipeline) or :mod:`.epoch` (a short training run), on the networks of :mod:`.nets`,
+(the data pipeline), :mod:`.epoch` (a short training run) or :mod:`.stream` (chunked inference
+of a Zarr section), on the networks of :mod:`.nets`,
 with the clock of :mod:`.timing` and the FLOP count of :mod:`.flops`.
 
 Nothing here imports ``mxnet`` or ``unet`` at import time: the child imports ``unet`` first, as

@@ -5,12 +5,14 @@ from .epoch import run_epoch
 from .infer import run_infer, run_tiled
 from .loader import run_data
 from .specs import STEP_TASKS, variant_name
+from .stream import run_stream
 from .timing import CPU_MS, median, peak_rss_mb
 from .train import run_train
 
 RUNNERS = {"train": run_train, "infer": run_infer, "data": run_data, "epoch": run_epoch,
-           "tiled": run_tiled}
-NEEDS = {"data": "unet.data.loader", "epoch": "unet.training.loop", "tiled": "unet.inference.tiling"}
+           "tiled": run_tiled, "stream": run_stream}
+NEEDS = {"data": "unet.data.loader", "epoch": "unet.training.loop", "tiled": "unet.inference.tiling",
+         "stream": "unet.inference.chunked"}
 
 
 def child(spec):

@@ -3,15 +3,16 @@
 A spec carries the task, size and channel count of its row and every flag of :data:`SPEC_FLAGS`;
 it is all a child process is told (``bench.py --child SPEC``).
 """
-TASKS = ("train", "infer", "data", "epoch", "tiled")
+TASKS = ("train", "infer", "data", "epoch", "tiled", "stream")
+DEFAULT_TASKS = TASKS[:-1]      # stream rows take minutes: run when named
 STEP_TASKS = ("train", "infer")
 SPEC_FLAGS = (
     "amp", "norm", "fast_norm", "fused_norm", "winograd", "fuse", "mirror", "recompute", "static",
     "threads", "env",
     "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
-    "tiled_image")
+    "tiled_image", "stream_tile", "stream_chunk")
 MINIMUM = {"repeat": 1, "warmup": 0, "batch": 1, "threads": 0, "workers": 0, "epoch_images": 1,
-           "tiled_image": 1, "timeout": 1}
+           "tiled_image": 1, "timeout": 1, "stream_chunk": 1}
 CONFIG_FLAGS = {"in_channels": "--channels", "image_size": "--size", "base_channels":
                 "--base-channels", "depth": "--depth"}
 
@@ -45,12 +46,15 @@ def row_specs(args):
     Sizes and channels not given on the command line (``args.size_given``,
     ``args.channels_given``) default per task: the step tasks take ``args.size`` and
     ``args.channels``; data and epoch rows run at 256, tiled rows at a 512 tile, all with 1 channel.
+    Stream rows run one per ``args.stream_size`` (the image side), with 1 channel.
     """
     base = {k: getattr(args, k) for k in SPEC_FLAGS}
     specs = []
     for task in args.task:
         sizes = args.size if task in STEP_TASKS or args.size_given else [256 if task in (
             "data", "epoch") else 512]
+        if task == "stream":
+            sizes = args.stream_size
         channels = args.channels if task in STEP_TASKS or args.channels_given else [1]
         for size in sizes:
             for ch in channels:
@@ -97,13 +101,16 @@ def _check_row(parser, spec):
             parser.error(f"--size must be >= 1, got {spec['size']}")
     else:
         try:
-            model_config(spec, spec["size"])
+            model_config(spec, spec["stream_tile"] if spec["task"] == "stream" else spec["size"])
         except ValueError as exc:   # "image_size 30 is not ..." -> "--size 30 is not ..."
             name, _, rest = str(exc).partition(" ")
             parser.error(f"{CONFIG_FLAGS.get(name, name)} {rest}")
     if spec["task"] in ("data", "epoch") and spec["channels"] not in (1, 3):
         parser.error(f"--channels must be 1 or 3 for the {spec['task']} task, "
                      f"got {spec['channels']}")
-    if spec["task"] == "tiled" and not 0 <= (spec["overlap"] or 0) < spec["size"]:
-        parser.error(f"--overlap must be in [0, tile size {spec['size']}), "
+    if spec["task"] == "stream" and spec["size"] < 1:
+        parser.error(f"--stream-size must be >= 1, got {spec['size']}")
+    tile = spec["stream_tile"] if spec["task"] == "stream" else spec["size"]
+    if spec["task"] in ("tiled", "stream") and not 0 <= (spec["overlap"] or 0) < tile:
+        parser.error(f"--overlap must be in [0, tile size {tile}), "
                      f"got {spec['overlap']}")

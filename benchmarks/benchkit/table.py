@@ -26,7 +26,10 @@ def _note(r):
     """The note of an ``ok`` row: what its task measured beyond the time, and the Winograd
     kernel where it ran."""
     note = ""
-    if r["task"] == "tiled":
+    if r["task"] == "stream":
+        note = (f"{r['image']}x{r['image']} Zarr in chunks of {r['chunk']}, tile {r['tile']}: "
+                f"{r['seconds']:.0f} s, {r['megapixels_per_s']:.2f} Mpx/s")
+    elif r["task"] == "tiled":
         note = f"per pixel {r['per_pixel_vs_single']:.2f}x one {r['tile']} pass"
     elif r["task"] == "epoch":
         note = (f"epoch vs {r['steps']} pure steps of {r['reference_step_ms']:.0f} ms: "

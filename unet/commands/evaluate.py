@@ -6,6 +6,8 @@
     python evaluate.py --image ./images/ --network-param ./unet_best.params --tta
     python evaluate.py --data-dir ./data --network-param ./unet_best.params
     python evaluate.py --network-param ./unet_best.params --export ./deploy/unet
+    python evaluate.py --image ./section.zarr --output ./section_mask.zarr \
+        --network-param ./unet_best.params --workers 2
 """
 import dataclasses
 import os
@@ -13,7 +15,9 @@ import sys
 
 from unet.core.cli import OneLineParser, int_list, run_guarded, setup_logging
 from unet.core.errors import InputError
+from unet.data.chunked_io import is_zarr
 from unet.data.stacks import is_stack, read_mask_slices, stack_shape
+from unet.inference.chunked import DEFAULT_CHUNK, ChunkedJob, segment_chunked
 from unet.inference.evaluation import SCORES, check_samples, format_table, list_dataset, \
     list_folder, segment_samples, write_metrics
 from unet.inference.metrics import score_segmentation
@@ -100,6 +104,20 @@ def build_parser():
     parser.add_argument("--min-hole-size", type=int, default=None,
                         help="with --split-cells: membrane specks inside a cell up to this many "
                              f"pixels become cell; 0 keeps them (default: {defaults.min_hole_size})")
+    chunked = parser.add_argument_group(
+        "chunked inference (a .zarr --output, or a Zarr --image)",
+        "The image (a Zarr v2 array, an OME-Zarr group: its full resolution, or a TIFF) is read "
+        "and the mask written chunk by chunk, in memory that does not grow with the image; a "
+        "killed run continues where it stopped when the same command is run again")
+    chunked.add_argument("--chunk", metavar="N", type=int, default=None,
+                         help=f"side of the output chunks in pixels (default: {DEFAULT_CHUNK})")
+    cluster = chunked.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", metavar="N", type=int, default=None,
+                         help="segment the chunks on a local Dask cluster of N worker processes "
+                              "(default: in this process)")
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="segment the chunks on the Dask cluster of this scheduler, e.g. "
+                              "tcp://10.0.0.5:8786 (its workers must see the same paths)")
     parser.add_argument("--export", metavar="PREFIX",
                         help="write PREFIX-symbol.json, PREFIX-0000.params, PREFIX.json and "
                              "PREFIX.onnx (when the onnx package is installed)")
@@ -123,6 +141,55 @@ def check_options(args):
     if args.mask and not (args.image and not os.path.isdir(args.image)):
         raise InputError("--mask scores a single --image file; folders and --data-dir pair "
                          "their images with the masks of a sibling 'mask' folder")
+
+
+def is_chunked(args):
+    """Whether the flags ask for chunked inference: a ``.zarr`` --output or a Zarr --image."""
+    return bool(args.output and args.output.rstrip("/\\").lower().endswith(".zarr")) or \
+        bool(args.image and is_zarr(args.image))
+
+
+def check_chunked_options(args):
+    """InputError for flags that chunked inference does not take, or that only it takes."""
+    flags = [flag for flag, value in (("--chunk", args.chunk), ("--workers", args.workers),
+                                      ("--scheduler", args.scheduler)) if value is not None]
+    if not is_chunked(args):
+        if flags:
+            raise InputError(f"{', '.join(flags)} only apply to chunked inference: give "
+                             "--output NAME.zarr")
+        return
+    if not args.image or args.export:
+        raise InputError("chunked inference (a .zarr output) segments one --image: a Zarr "
+                         "array, an OME-Zarr group or a TIFF")
+    if args.output and not args.output.rstrip("/\\").lower().endswith(".zarr"):
+        raise InputError(f"{args.output}: a Zarr input is segmented into a Zarr output; give "
+                         "--output NAME.zarr")
+    refused = [flag for flag, value in (("--overlay", args.overlay), ("--mask", args.mask),
+                                        ("--split-cells", args.split_cells)) if value]
+    if refused:
+        raise InputError(f"{', '.join(refused)}: not available for a chunked (.zarr) output")
+    if args.chunk is not None and args.chunk < 1:
+        raise InputError(f"--chunk must be at least 1, got {args.chunk}")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+
+
+def _segment_chunked(args):
+    """Segment the one --image chunk by chunk into the .zarr output; prints its path."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(args.image)))[0]
+    output = args.output or os.path.join(os.path.dirname(os.path.normpath(args.image)),
+                                         f"{stem}_mask.zarr")
+    options = (("batch_size", args.batch_size), ("tta", args.tta),
+               ("threshold", args.threshold), ("overlap", args.overlap), ("amp", args.amp),
+               ("winograd", not args.no_winograd))
+    job = ChunkedJob(tuple(os.path.abspath(p) for p in args.network_param),
+                     os.path.abspath(args.image), os.path.abspath(output),
+                     args.chunk or DEFAULT_CHUNK, args.probabilities, options, tuple(args.gpu_id))
+    with held_info_lines() as release:  # until the input and output are checked
+        segment_chunked(job, _load_segmenter(args), progress=not args.no_progress,
+                        workers=args.workers or 0, scheduler=args.scheduler, checked=release)
+    print(output)
+    return 0
 
 
 def cell_splitting(args):
@@ -214,6 +281,9 @@ def _report(segmenter, args, folder, rows, num_images):
 
 def run(args):
     check_options(args)
+    check_chunked_options(args)
+    if is_chunked(args):
+        return _segment_chunked(args)
     # Until the work on a folder starts (a single image: until it is done), a bad input is its
     # error line alone.
     with held_info_lines():
