@@ -18,13 +18,12 @@ from unet.core.errors import InputError
 from unet.data.chunked_io import is_zarr
 from unet.data.stacks import is_stack, read_mask_slices, stack_shape
 from unet.inference.chunked import DEFAULT_CHUNK, ChunkedJob, segment_chunked
-from unet.inference.evaluation import SCORES, check_samples, format_table, list_dataset, \
-    list_folder, segment_samples, write_metrics
-from unet.inference.metrics import score_segmentation
+from unet.inference.evaluation import check_samples, format_table, list_dataset, list_folder, \
+    metrics_paths, score_row, segment_samples, write_metrics
 from unet.model.export import export_network
 from unet.core.held_logs import held_info_lines
 from unet.inference.segmenter import Segmenter, contexts, default_mask_path, \
-    foreground_probability, output_files, refuse_replacing_inputs, segment_file, segment_stack
+    output_files, refuse_replacing_inputs, segment_file, segment_stack
 from unet.inference.postprocess import CellSplitting
 
 
@@ -143,10 +142,14 @@ def check_options(args):
                          "their images with the masks of a sibling 'mask' folder")
 
 
+def _zarr_output(args):
+    """Whether ``--output`` names a Zarr folder (``NAME.zarr``)."""
+    return bool(args.output) and args.output.rstrip("/\\").lower().endswith(".zarr")
+
+
 def is_chunked(args):
     """Whether the flags ask for chunked inference: a ``.zarr`` --output or a Zarr --image."""
-    return bool(args.output and args.output.rstrip("/\\").lower().endswith(".zarr")) or \
-        bool(args.image and is_zarr(args.image))
+    return _zarr_output(args) or bool(args.image and is_zarr(args.image))
 
 
 def check_chunked_options(args):
@@ -161,7 +164,7 @@ def check_chunked_options(args):
     if not args.image or args.export:
         raise InputError("chunked inference (a .zarr output) segments one --image: a Zarr "
                          "array, an OME-Zarr group or a TIFF")
-    if args.output and not args.output.rstrip("/\\").lower().endswith(".zarr"):
+    if args.output and not _zarr_output(args):
         raise InputError(f"{args.output}: a Zarr input is segmented into a Zarr output; give "
                          "--output NAME.zarr")
     refused = [flag for flag, value in (("--overlay", args.overlay), ("--mask", args.mask),
@@ -238,9 +241,7 @@ def _segment_one(segmenter, args):
     folder = os.path.dirname(mask_path) or "."
     if args.mask:       # before any work: what would be scored, and what it would write over
         refuse_replacing_inputs(output_files(mask_path, args.overlay, args.probabilities, suffix)
-                                + [os.path.join(folder, "metrics.csv"),
-                                   os.path.join(folder, "metrics.json")],
-                                [args.image, args.mask])
+                                + metrics_paths(folder), [args.image, args.mask])
         targets = read_mask_slices(args.mask, stack_shape(args.image), segmenter.encoding)
     segment = segment_stack if stack else segment_file
     predictions, written = segment(segmenter, args.image, mask_path, args.overlay,
@@ -250,19 +251,10 @@ def _segment_one(segmenter, args):
     if args.mask:
         stem = os.path.splitext(os.path.basename(args.image))[0]
         names = [f"{stem}[{z}]" for z in range(len(targets))] if stack else [stem]
-        rows = _score(segmenter, names, predictions if stack else [predictions], targets)
+        rows = [score_row(segmenter, name, prediction, target) for name, prediction, target
+                in zip(names, predictions if stack else [predictions], targets)]
         _report(segmenter, args, folder, rows, len(rows))
     return 0
-
-
-def _score(segmenter, names, predictions, targets):
-    """One row of :data:`unet.inference.evaluation.SCORES` per image, as folder mode scores."""
-    rows = []
-    for name, prediction, target in zip(names, predictions, targets):
-        scores = score_segmentation(prediction.classes, target, segmenter.num_classes,
-                                    foreground_probability(prediction.probabilities))
-        rows.append({"image": name, **{key: float(scores[key]) for key in SCORES}})
-    return rows
 
 
 def _report(segmenter, args, folder, rows, num_images):

@@ -130,12 +130,18 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
         if sample.mask_path is None:
             continue
         target = read_target(segmenter, sample.mask_path, image.shape[:2])
-        scores = score_segmentation(prediction.classes, target, segmenter.num_classes,
-                                    foreground_probability(prediction.probabilities))
-        rows.append({"image": sample.name, **{key: float(scores[key]) for key in SCORES}})
+        rows.append(score_row(segmenter, sample.name, prediction, target))
     logger.info("segmented %d images into %s, %d scored", len(samples),
                 display_path(output_dir), len(rows))
     return rows
+
+
+def score_row(segmenter, name, prediction, target):
+    """The row of ``name``: its :data:`SCORES` for ``prediction`` (a
+    :class:`unet.inference.segmenter.Prediction`) against ``target`` classes ``(H, W)``."""
+    scores = score_segmentation(prediction.classes, target, segmenter.num_classes,
+                                foreground_probability(prediction.probabilities))
+    return {"image": name, **{key: float(scores[key]) for key in SCORES}}
 
 
 def calibrate_on_samples(segmenter, samples):
@@ -183,8 +189,12 @@ def write_metrics(output_dir, rows, info=None):
     writer.writeheader()
     writer.writerows(rows)
     writer.writerow(dict(mean, image="mean"))
-    csv_path = os.path.join(output_dir, "metrics.csv")
-    json_path = os.path.join(output_dir, "metrics.json")
+    csv_path, json_path = metrics_paths(output_dir)
     write_text(csv_path, buffer.getvalue())
     write_json(json_path, {"images": rows, "mean": mean, **(info or {})}, sort_keys=False)
     return [csv_path, json_path]
+
+
+def metrics_paths(output_dir):
+    """``[metrics.csv, metrics.json]`` in ``output_dir``: what :func:`write_metrics` writes."""
+    return [os.path.join(output_dir, "metrics.csv"), os.path.join(output_dir, "metrics.json")]
