@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data.samples import match_channels
 from .segmenter import CALIBRATION_TILES, Prediction, classes_from_probabilities, output_arrays
-from .tiling import _contexts, _forward, blend_window, dihedral, tile_layout, undo_dihedral
+from .tiling import _contexts, blend_tiles, tile_layout
 
 #: Output array of each ``--probabilities`` kind in a chunked output.
 PROBABILITY_ARRAYS = {"png16": ("uint16", ()), "npy": ("float32", ())}
@@ -44,24 +44,10 @@ def _network_window(segmenter, image, z, rows, cols):
                                                           image.name))    # (C, h', w')
     padded = region[:, y_source - y_low][:, :, x_source - x_low]          # (C, Hp, Wp)
 
-    window = blend_window(tile, overlap)
-    transforms = range(8) if segmenter.tta else [0]
-    jobs = [(y - y_first, x - x_first, k) for y in ys for x in xs for k in transforms]
-    total = weight = None
-    for start in range(0, len(jobs), segmenter.batch_size):
-        batch_jobs = jobs[start:start + segmenter.batch_size]
-        batch = np.stack([dihedral(padded[:, y:y + tile, x:x + tile], k)
-                          for y, x, k in batch_jobs])                     # (B, C, T, T)
-        probs = _forward(segmenter.forward_net, np.ascontiguousarray(batch),
-                         _contexts(segmenter.ctx))                        # (B, K, T, T)
-        if total is None:
-            total = np.zeros((probs.shape[1],) + padded.shape[1:], np.float32)
-            weight = np.zeros(padded.shape[1:], np.float32)
-        share = window / len(transforms)
-        for (y, x, k), prob in zip(batch_jobs, probs):
-            total[:, y:y + tile, x:x + tile] += undo_dihedral(prob, k) * share
-            weight[y:y + tile, x:x + tile] += share
-    total /= weight
+    places = [(y - y_first, x - x_first) for y in ys for x in xs]
+    total = blend_tiles(segmenter.forward_net, padded, places, tile, overlap,
+                        _contexts(segmenter.ctx), segmenter.batch_size,
+                        segmenter.tta)                                    # (K, Hp, Wp)
     top, left = rows.start + pad_y - y_first, cols.start + pad_x - x_first
     return total[:, top:top + rows.stop - rows.start, left:left + cols.stop - cols.start].copy()
 

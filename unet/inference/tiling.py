@@ -128,6 +128,34 @@ def sample_tiles(image, tile_size, count=4):
                      for y, x in (places[i] for i in evenly_spaced(len(places), count))])
 
 
+def blend_tiles(net, padded, places, tile_size, overlap, contexts, batch_size=4, tta=False,
+                progress=None):
+    """``(K, H', W')`` float32: the probabilities of ``net`` on the tiles of the padded
+    ``(C, H', W')`` image at ``places`` (top-left ``(y, x)`` offsets), blended with
+    :func:`blend_window` weights, ``batch_size`` tiles (each TTA variant counted) a forward pass;
+    ``progress`` advances after each pass. Every pixel must be covered by a tile."""
+    window = blend_window(tile_size, overlap)
+    transforms = range(8) if tta else [0]
+    share = window / len(transforms)
+    jobs = [(y, x, k) for y, x in places for k in transforms]
+    total = None                                                 # (K, H', W') weighted sum
+    weight = np.zeros(padded.shape[1:], np.float32)              # (H', W')
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        batch = np.stack([dihedral(padded[:, y:y + tile_size, x:x + tile_size], k)
+                          for y, x, k in chunk])                 # (B, C, T, T)
+        probs = _forward(net, np.ascontiguousarray(batch), contexts)  # (B, K, T, T)
+        if total is None:
+            total = np.zeros((probs.shape[1],) + padded.shape[1:], np.float32)
+        for (y, x, k), prob in zip(chunk, probs):
+            total[:, y:y + tile_size, x:x + tile_size] += undo_dihedral(prob, k) * share
+            weight[y:y + tile_size, x:x + tile_size] += share
+        if progress is not None:
+            progress.update(1)
+    total /= weight
+    return total
+
+
 def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap=None, tta=False,
                           progress=None):
     """Class probabilities of ``net`` for a normalized image of any size, by overlap-tiling.
@@ -165,30 +193,14 @@ def predict_probabilities(net, image, tile_size, ctx=None, batch_size=4, overlap
     contexts = _contexts(ctx)
     _, height, width = image.shape
     padded, rows, cols, (pad_y0, pad_x0) = _padded_layout(image, tile_size, overlap)
-    window = blend_window(tile_size, overlap)
-    transforms = range(8) if tta else [0]
-    jobs = [(y, x, k) for y in rows for x in cols for k in transforms]
-    passes = -(-len(jobs) // batch_size)
+    places = [(y, x) for y in rows for x in cols]
+    passes = -(-len(places) * (8 if tta else 1) // batch_size)
     logger.debug("image %dx%d: %d tiles of %d, overlap %d, %d forward passes",
                  height, width, len(rows) * len(cols), tile_size, overlap, passes)
     if progress is not None:
         # No refresh(): tqdm's refresh draws a delayed bar at once, and then never clears it.
         progress.total = (progress.total or 0) + passes
 
-    total = None                                                 # (K, H', W') weighted sum
-    weight = np.zeros(padded.shape[1:], np.float32)              # (H', W')
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        batch = np.stack([dihedral(padded[:, y:y + tile_size, x:x + tile_size], k)
-                          for y, x, k in chunk])                 # (B, C, T, T)
-        probs = _forward(net, np.ascontiguousarray(batch), contexts)  # (B, K, T, T)
-        if total is None:
-            total = np.zeros((probs.shape[1],) + padded.shape[1:], np.float32)
-        for (y, x, k), prob in zip(chunk, probs):
-            share = window / len(transforms)
-            total[:, y:y + tile_size, x:x + tile_size] += undo_dihedral(prob, k) * share
-            weight[y:y + tile_size, x:x + tile_size] += share
-        if progress is not None:
-            progress.update(1)
-    total /= weight
+    total = blend_tiles(net, padded, places, tile_size, overlap, contexts, batch_size, tta,
+                        progress)                                # (K, H', W')
     return total[:, pad_y0:pad_y0 + height, pad_x0:pad_x0 + width].copy()
