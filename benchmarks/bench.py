@@ -126,6 +126,9 @@ def _add_model_flags(g):
                    help="stream: the network's tile (image size) (default 128)")
     g.add_argument("--stream-chunk", type=int, default=1024,
                    help="stream: side of the Zarr chunks, input and output, >= 1 (default 1024)")
+    g.add_argument("--stream-output", choices=("zarr", "tif"), default="zarr",
+                   help="stream: the output, a Zarr group or tiled TIFFs (written from a Zarr "
+                        "group by tiles of the chunk side, a multiple of 16) (default zarr)")
     g.add_argument("--timeout", type=int, default=1800,
                    help="seconds per row's process, >= 1 (default 1800)")
 

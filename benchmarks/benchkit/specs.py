@@ -10,7 +10,7 @@ SPEC_FLAGS = (
     "amp", "norm", "fast_norm", "fused_norm", "winograd", "fuse", "mirror", "recompute", "static",
     "threads", "env",
     "batch", "warmup", "repeat", "base_channels", "depth", "workers", "epoch_images", "overlap",
-    "tiled_image", "stream_tile", "stream_chunk")
+    "tiled_image", "stream_tile", "stream_chunk", "stream_output")
 MINIMUM = {"repeat": 1, "warmup": 0, "batch": 1, "threads": 0, "workers": 0, "epoch_images": 1,
            "tiled_image": 1, "timeout": 1, "stream_chunk": 1}
 CONFIG_FLAGS = {"in_channels": "--channels", "image_size": "--size", "base_channels":
@@ -110,6 +110,9 @@ def _check_row(parser, spec):
                      f"got {spec['channels']}")
     if spec["task"] == "stream" and spec["size"] < 1:
         parser.error(f"--stream-size must be >= 1, got {spec['size']}")
+    if spec["task"] == "stream" and spec["stream_output"] == "tif" and spec["stream_chunk"] % 16:
+        parser.error(f"--stream-chunk must be a multiple of 16 for --stream-output tif (the "
+                     f"TIFF's tiles), got {spec['stream_chunk']}")
     tile = spec["stream_tile"] if spec["task"] == "stream" else spec["size"]
     if spec["task"] in ("tiled", "stream") and not 0 <= (spec["overlap"] or 0) < tile:
         parser.error(f"--overlap must be in [0, tile size {tile}), "

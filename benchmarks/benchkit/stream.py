@@ -1,6 +1,6 @@
-"""The ``stream`` row: chunked inference (``evaluate.py --output NAME.zarr``) of a synthetic
-Zarr section, Zarr in and Zarr out, in this process; its peak memory should not grow with the
-image."""
+"""The ``stream`` row: chunked inference (``evaluate.py --output NAME.zarr`` or ``NAME.tif``)
+of a synthetic Zarr section, Zarr in, Zarr or tiled TIFF out, in this process; its peak memory
+should not grow with the image."""
 import os
 import shutil
 import tempfile
@@ -29,13 +29,14 @@ def _write_input(path, side, chunk):
 
 def run_stream(spec):
     """Segment a ``size x size`` Zarr section chunk by chunk (chunks of ``stream_chunk``) with a
-    freshly initialized network of tile ``stream_tile``, once.
+    freshly initialized network of tile ``stream_tile``, once, into ``stream_output`` ('zarr'
+    or 'tif').
 
     Returns
     -------
     dict
         ``times_ms`` (the one run), ``seconds``, ``image``, ``tile``, ``chunk``, ``chunks``,
-        ``megapixels_per_s`` and ``peak_rss_mb``.
+        ``output``, ``megapixels_per_s`` and ``peak_rss_mb``.
     """
     from unet.inference.chunked import ChunkedJob, segment_chunked
     from unet.inference.segmenter import Segmenter
@@ -50,7 +51,8 @@ def run_stream(spec):
                           amp=spec["amp"], winograd=spec["winograd"])
     folder = tempfile.mkdtemp(prefix="bench-stream-")
     try:
-        source, target = os.path.join(folder, "in.zarr"), os.path.join(folder, "out.zarr")
+        source = os.path.join(folder, "in.zarr")
+        target = os.path.join(folder, "out." + spec["stream_output"])
         _write_input(source, side, chunk)
         job = ChunkedJob((), source, target, chunk=chunk)
         start = time.perf_counter()
@@ -59,5 +61,5 @@ def run_stream(spec):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return dict(times_ms=[seconds * 1e3], seconds=seconds, image=side, tile=tile, chunk=chunk,
-                chunks=chunks, megapixels_per_s=side * side / 1e6 / seconds,
+                chunks=chunks, output=spec["stream_output"], megapixels_per_s=side * side / 1e6 / seconds,
                 peak_rss_mb=round(peak_rss_mb(), 1), images=1)

@@ -27,7 +27,8 @@ def _note(r):
     kernel where it ran."""
     note = ""
     if r["task"] == "stream":
-        note = (f"{r['image']}x{r['image']} Zarr in chunks of {r['chunk']}, tile {r['tile']}: "
+        note = (f"{r['image']}x{r['image']} Zarr in chunks of {r['chunk']} to "
+                f"{'tiled TIFF' if r.get('output') == 'tif' else 'Zarr'}, tile {r['tile']}: "
                 f"{r['seconds']:.0f} s, {r['megapixels_per_s']:.2f} Mpx/s")
     elif r["task"] == "tiled":
         note = f"per pixel {r['per_pixel_vs_single']:.2f}x one {r['tile']} pass"

@@ -119,9 +119,20 @@ def _int32(path):
     return path / "in.zarr"
 
 
+def _tiff(path):
+    tifffile.imwrite(path / "in.tif", np.zeros((40, 40), np.uint8))
+    return path / "in.tif"
+
+
 def _pages_differ(path):
     tifffile.imwrite(path / "in.tif", np.zeros((40, 40), np.uint8), tile=(16, 16))
     tifffile.imwrite(path / "in.tif", np.zeros((48, 40), np.uint8), tile=(16, 16), append=True)
+    return path / "in.tif"
+
+
+def _channel_pages(path):
+    tifffile.imwrite(path / "in.tif", np.zeros((2, 3, 40, 40), np.uint8), imagej=True,
+                     metadata={"axes": "ZCYX"})
     return path / "in.tif"
 
 
@@ -134,9 +145,13 @@ def _foreign_output(path):
 BAD = [("rank", _rank_4, [], "a Zarr array of rank 4"),
        ("dtype", _int32, [], "pixel type int32"),
        ("pages", _pages_differ, [], "must all be one size"),
+       ("channel pages", _channel_pages, [], "store the channels as separate pages"),
        ("foreign", _foreign_output, [], "is not an output of evaluate.py"),
-       ("overlay", _int32, ["--overlay"], "--overlay: not available for a chunked"),
-       ("png output", _int32, ["--output", "x.png"], "give --output NAME.zarr")]
+       ("mask", _tiff, ["--mask", "x.png"], "--mask: not available for chunked inference"),
+       ("png output", _int32, ["--output", "x.png"], "give --output NAME.zarr or NAME.tif"),
+       ("tiff tile", _int32, ["--output", "x.tif", "--chunk", "40"], "a multiple of 16"),
+       ("tiff npy", _int32, ["--output", "x.tif", "--probabilities", "npy"],
+        "a TIFF output takes png16")]
 
 
 @pytest.mark.parametrize("make, extra, message", [case[1:] for case in BAD],
@@ -154,7 +169,7 @@ def test_an_output_of_another_run_is_refused(tmp_path, capsys, checkpoint, stack
                           tmp_path / "out.zarr", "--network-param", checkpoint, "--chunk", 64,
                           "--probabilities", "npy")
     assert "belongs to another run (options.chunk differs: 32 there, 64 now)" in line
-    assert "--workers only apply to chunked inference" in one_line_error(
+    assert "a chunked input is a Zarr array or group or a TIFF" in one_line_error(
         capsys, "--image", tmp_path / "in.zarr" / "0.0", "--network-param", checkpoint,
         "--workers", 2)
 
@@ -242,3 +257,46 @@ def test_a_killed_dask_worker_is_replaced_and_the_output_is_whole(tmp_path, caps
         assert all(loads <= 1 for loads in client.run(_checkpoint_loads).values())
     assert len(chunk_files(tmp_path / "out.zarr")["mask"]) == 2 * 3 * 4
     assert_same(tmp_path / "out.zarr", expected)
+
+
+def test_a_tiff_stack_gives_tiled_tiffs_equal_to_the_in_memory_stack_outputs(tmp_path, capsys,
+                                                                             checkpoint, stack):
+    """--chunk on a TIFF stack: the mask, 16-bit probability and overlay stacks that the
+    in-memory stack path writes, as tiled TIFFs of one page per slice (a tile is a chunk); the
+    working store is gone. A killed run (in the chunks, then in the TIFF writing) continues."""
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    memory = tmp_path / "memory"
+    memory.mkdir()
+    code, _, err = run(capsys, "--image", tmp_path / "in.tif", "--output",
+                       memory / "in_mask.tif", "--network-param", checkpoint,
+                       "--probabilities", "png16", "--overlay")
+    assert code == 0, err
+    command = [sys.executable, os.path.join(ROOT, "evaluate.py"), "--image",
+               str(tmp_path / "in.tif"), "--network-param", checkpoint, "--chunk", str(CHUNK),
+               "--probabilities", "png16", "--overlay", "--no-progress"]
+    # Killed among the chunks, in the middle of a TIFF (its temporary file left), after two.
+    for kill_at in ("chunked.chunk:3", "tiff.tile:5", "chunked.tiff:2"):
+        killed = subprocess.run(command, env=dict(os.environ, UNET_KILL_AT=kill_at), cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-2000:])
+        assert (tmp_path / "in_mask.tif.chunks.zarr").is_dir()
+        assert not (tmp_path / "in_mask.tif").exists()
+    assert (tmp_path / "in_prob.tif").exists()
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    names = ["in_overlay.tif", "in_prob.tif", "in_mask.tif"]
+    assert finished.stdout.split() == [str(tmp_path / name) for name in names]
+    assert not (tmp_path / "in_mask.tif.chunks.zarr").exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(names + ["in.tif", "memory"])
+    for name in names:
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert len(tif.pages) == len(stack)
+            assert all(page.is_tiled and page.tilelength == page.tilewidth == CHUNK
+                       for page in tif.pages)
+            chunked_pixels = tif.asarray()
+        in_memory = tifffile.imread(memory / name)
+        assert chunked_pixels.shape == in_memory.shape
+        if name == "in_prob.tif":
+            assert np.abs(chunked_pixels.astype(int) - in_memory).max() <= 1
+        else:
+            assert (chunked_pixels != in_memory).mean() < 1e-3, name

@@ -17,7 +17,7 @@ from unet.core.cli import OneLineParser, int_list, run_guarded, setup_logging
 from unet.core.errors import InputError
 from unet.data.chunked_io import is_zarr
 from unet.data.stacks import is_stack, read_mask_slices, stack_shape
-from unet.inference.chunked import DEFAULT_CHUNK, ChunkedJob, segment_chunked
+from unet.inference.chunked import DEFAULT_CHUNK, TIFF_SUFFIXES, ChunkedJob, segment_chunked
 from unet.inference.evaluation import check_samples, format_table, list_dataset, list_folder, \
     metrics_paths, score_row, segment_samples, write_metrics
 from unet.model.export import export_network
@@ -104,12 +104,16 @@ def build_parser():
                         help="with --split-cells: membrane specks inside a cell up to this many "
                              f"pixels become cell; 0 keeps them (default: {defaults.min_hole_size})")
     chunked = parser.add_argument_group(
-        "chunked inference (a .zarr --output, or a Zarr --image)",
-        "The image (a Zarr v2 array, an OME-Zarr group: its full resolution, or a TIFF) is read "
-        "and the mask written chunk by chunk, in memory that does not grow with the image; a "
-        "killed run continues where it stopped when the same command is run again")
+        "chunked inference (a Zarr --image, a .zarr --output, or any flag of this group)",
+        "The image (a Zarr v2 array, an OME-Zarr group: its full resolution, or a TIFF, e.g. one "
+        "over the 100-megapixel limit of a whole image) is read and the outputs written chunk "
+        "by chunk, in memory that does not grow with the image: a Zarr group (NAME_mask.zarr, "
+        "the default for a Zarr input) or tiled TIFFs (NAME_mask.tif, the default for a TIFF; "
+        "computed in NAME_mask.tif.chunks.zarr, removed once the TIFFs are written). A killed "
+        "run continues where it stopped when the same command is run again")
     chunked.add_argument("--chunk", metavar="N", type=int, default=None,
-                         help=f"side of the output chunks in pixels (default: {DEFAULT_CHUNK})")
+                         help=f"side of the output chunks in pixels (default: {DEFAULT_CHUNK}; "
+                              "a multiple of 16 for a TIFF output, whose tiles they are)")
     cluster = chunked.add_mutually_exclusive_group()
     cluster.add_argument("--workers", metavar="N", type=int, default=None,
                          help="segment the chunks on a local Dask cluster of N worker processes "
@@ -147,30 +151,34 @@ def _zarr_output(args):
     return bool(args.output) and args.output.rstrip("/\\").lower().endswith(".zarr")
 
 
+def _chunk_flags(args):
+    """The chunked-inference flags given."""
+    return [flag for flag, value in (("--chunk", args.chunk), ("--workers", args.workers),
+                                     ("--scheduler", args.scheduler)) if value is not None]
+
+
 def is_chunked(args):
-    """Whether the flags ask for chunked inference: a ``.zarr`` --output or a Zarr --image."""
-    return _zarr_output(args) or bool(args.image and is_zarr(args.image))
+    """Whether the flags ask for chunked inference: a ``.zarr`` --output, a Zarr --image, or
+    one of --chunk, --workers, --scheduler."""
+    return _zarr_output(args) or bool(args.image and is_zarr(args.image)) or \
+        bool(_chunk_flags(args))
 
 
 def check_chunked_options(args):
-    """InputError for flags that chunked inference does not take, or that only it takes."""
-    flags = [flag for flag, value in (("--chunk", args.chunk), ("--workers", args.workers),
-                                      ("--scheduler", args.scheduler)) if value is not None]
+    """InputError for flags that chunked inference does not take."""
     if not is_chunked(args):
-        if flags:
-            raise InputError(f"{', '.join(flags)} only apply to chunked inference: give "
-                             "--output NAME.zarr")
         return
     if not args.image or args.export:
-        raise InputError("chunked inference (a .zarr output) segments one --image: a Zarr "
-                         "array, an OME-Zarr group or a TIFF")
-    if args.output and not _zarr_output(args):
-        raise InputError(f"{args.output}: a Zarr input is segmented into a Zarr output; give "
-                         "--output NAME.zarr")
-    refused = [flag for flag, value in (("--overlay", args.overlay), ("--mask", args.mask),
-                                        ("--split-cells", args.split_cells)) if value]
+        raise InputError("chunked inference segments one --image: a Zarr array, an OME-Zarr "
+                         "group or a TIFF")
+    if args.output and not (_zarr_output(args) or args.output.lower().endswith(TIFF_SUFFIXES)):
+        raise InputError(f"{args.output}: chunked inference writes a Zarr group or a tiled "
+                         "TIFF; give --output NAME.zarr or NAME.tif")
+    refused = [flag for flag, value in (("--mask", args.mask), ("--split-cells",
+                                                                 args.split_cells)) if value]
     if refused:
-        raise InputError(f"{', '.join(refused)}: not available for a chunked (.zarr) output")
+        raise InputError(f"{', '.join(refused)}: not available for chunked inference (a Zarr "
+                         "input or output, or --chunk, --workers, --scheduler)")
     if args.chunk is not None and args.chunk < 1:
         raise InputError(f"--chunk must be at least 1, got {args.chunk}")
     if args.workers is not None and args.workers < 1:
@@ -178,20 +186,25 @@ def check_chunked_options(args):
 
 
 def _segment_chunked(args):
-    """Segment the one --image chunk by chunk into the .zarr output; prints its path."""
+    """Segment the one --image chunk by chunk into the Zarr or tiled TIFF output; prints the
+    paths written."""
     stem = os.path.splitext(os.path.basename(os.path.normpath(args.image)))[0]
+    suffix = ".zarr" if is_zarr(args.image) else ".tif"
     output = args.output or os.path.join(os.path.dirname(os.path.normpath(args.image)),
-                                         f"{stem}_mask.zarr")
+                                         f"{stem}_mask{suffix}")
     options = (("batch_size", args.batch_size), ("tta", args.tta),
                ("threshold", args.threshold), ("overlap", args.overlap), ("amp", args.amp),
                ("winograd", not args.no_winograd))
     job = ChunkedJob(tuple(os.path.abspath(p) for p in args.network_param),
                      os.path.abspath(args.image), os.path.abspath(output),
-                     args.chunk or DEFAULT_CHUNK, args.probabilities, options, tuple(args.gpu_id))
+                     args.chunk or DEFAULT_CHUNK, args.probabilities, options, tuple(args.gpu_id),
+                     overlay=args.overlay)
     with held_info_lines() as release:  # until the input and output are checked
-        segment_chunked(job, _load_segmenter(args), progress=not args.no_progress,
-                        workers=args.workers or 0, scheduler=args.scheduler, checked=release)
-    print(output)
+        written, _ = segment_chunked(job, _load_segmenter(args), progress=not args.no_progress,
+                                     workers=args.workers or 0, scheduler=args.scheduler,
+                                     checked=release)
+    for path in written:
+        print(os.path.join(os.path.dirname(output), os.path.basename(path)))
     return 0
 
 

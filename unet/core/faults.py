@@ -9,7 +9,9 @@ Points: ``train.step`` (after an optimizer update), ``train.validation`` (before
 the epoch's checkpoint files being written), ``checkpoint.prepared`` (a checkpoint's files
 written and hashed, on the writer thread, nothing renamed), ``checkpoint.params_written`` (the
 pending JSON written too), ``checkpoint.renamed`` (weights renamed, JSON still pending),
-``checkpoint.committed`` (after the JSON rename).
+``checkpoint.committed`` (after the JSON rename); ``chunked.partial`` (a chunk file of chunked
+inference written, not renamed), ``chunked.chunk`` (a chunk whole), ``tiff.tile`` (a tile of a
+tiled TIFF output passed to its writer), ``chunked.tiff`` (one TIFF output written whole).
 Unset (the normal case), :func:`point` costs one dictionary lookup.
 """
 import multiprocessing

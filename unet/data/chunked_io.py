@@ -20,7 +20,7 @@ import tifffile
 
 from ..core.errors import InputError
 from .imageio import display_path, image_from_array
-from .stacks import _check_pages, _quiet_tifffile
+from .stacks import _check_pages, _layout, _quiet_tifffile
 
 PIXEL_TYPES = ("uint8", "uint16", "float16", "float32", "float64")
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -144,6 +144,13 @@ class _TiffImage(ChunkedImage):
         self.tif = tif
         self.pages = list(tif.pages)
         page = self.pages[0]
+        series = tif.series[0]
+        _layout(name, series.axes, series.shape)          # one stack of gray or RGB slices
+        if any(axis == "C" and length > 1 for axis, length in zip(series.axes, series.shape)) \
+                and page.samplesperpixel == 1:
+            raise InputError(f"{name}: TIFF axes {series.axes} store the channels as separate "
+                             "pages; a chunked input needs one gray or RGB page per slice "
+                             "(or a Zarr array)")
         samples = page.samplesperpixel - (page.extrasamples != () and page.samplesperpixel in
                                           (2, 4))                     # alpha dropped
         if samples not in (1, 3) or page.imagedepth != 1:

@@ -66,20 +66,24 @@ def predict_window(segmenter, image, z, rows, cols):
     return Prediction(probabilities, classes, segmenter.encoding.encode(classes))
 
 
-def window_arrays(segmenter, image, z, rows, cols, probabilities=None):
-    """The arrays of one output chunk by array name: ``mask`` and, with ``probabilities``
-    ('png16' or 'npy'), ``probabilities`` (uint16 or float32 foreground probability)."""
-    arrays = output_arrays(predict_window(segmenter, image, z, rows, cols), None,
-                           probabilities=probabilities)
+def window_arrays(segmenter, image, z, rows, cols, probabilities=None, overlay=False):
+    """The arrays of one output chunk by array name: ``mask``; with ``probabilities``
+    ('png16' or 'npy'), ``probabilities`` (uint16 or float32 foreground probability); with
+    ``overlay``, ``overlay`` (uint8 RGB, the mask drawn over the input)."""
+    pixels = image.region(z, rows, cols) if overlay else None
+    arrays = output_arrays(predict_window(segmenter, image, z, rows, cols), pixels, overlay,
+                           probabilities)
     if probabilities:
         arrays["probabilities"] = arrays.pop(probabilities)
     return arrays
 
 
-def output_layout(segmenter, probabilities=None):
+def output_layout(segmenter, probabilities=None, overlay=False):
     """``{name: (dtype, trailing shape)}`` of the arrays :func:`window_arrays` gives."""
     mask = segmenter.encoding.encode(np.zeros((1, 1), np.int32))
     layout = {"mask": (mask.dtype.name, mask.shape[2:])}
+    if overlay:
+        layout["overlay"] = ("uint8", (3,))
     if probabilities:
         layout["probabilities"] = PROBABILITY_ARRAYS[probabilities]
     return layout

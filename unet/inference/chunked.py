@@ -1,5 +1,5 @@
-"""Chunked inference: an input of any size segmented chunk by chunk into a Zarr output, in
-bounded memory, continued after a kill, in this process or over a Dask cluster.
+"""Chunked inference: an input of any size segmented chunk by chunk into a Zarr or tiled TIFF
+output, in bounded memory, continued after a kill, in this process or over a Dask cluster.
 
 The output's chunk grid is the unit of work: each output chunk is predicted from its input
 region plus a halo (:func:`unet.inference.blockwise.window_arrays`) and written whole
@@ -7,26 +7,34 @@ region plus a halo (:func:`unet.inference.blockwise.window_arrays`) and written 
 image's. A run that is killed leaves finished chunks and nothing half-written; the same command
 continues it, doing only the chunks still absent. On a cluster (:mod:`.dask_chunks`) every
 worker loads the checkpoint once and writes its chunks into the store itself.
+
+A TIFF output (``NAME.tif``) is computed into the Zarr store ``NAME.tif.chunks.zarr`` the same
+way, then written from it tile by tile (:mod:`unet.data.tiled_tiff`; a tile is a chunk) and the
+store removed: a run killed while the TIFFs are written writes them again from the whole store.
 """
 import functools
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from ..checkpoints.files import sha256_file
+from ..core import faults
 from ..core.errors import InputError
 from ..data.chunked_io import open_chunked
 from ..data.chunked_store import ChunkedOutput, open_output
 from ..data.imageio import display_path
+from ..data.tiled_tiff import check_tile, write_tiled_tiff
 from .blockwise import calibrate, output_layout, window_arrays
-from .segmenter import Segmenter, contexts
+from .segmenter import Segmenter, contexts, output_paths
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 1024
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,20 @@ class ChunkedJob:
     input_path : str
         A Zarr array, an OME-Zarr group or a TIFF (:func:`unet.data.chunked_io.open_chunked`).
     output_path : str
-        The ``.zarr`` output (:mod:`unet.data.chunked_store`).
+        The ``.zarr`` output (:mod:`unet.data.chunked_store`), or a ``.tif`` mask (tiled TIFF,
+        with ``NAME_prob.tif`` and ``NAME_overlay.tif`` beside it as asked).
     chunk : int, default 1024
-        Side of the output chunks in pixels.
+        Side of the output chunks in pixels (a multiple of 16 for a TIFF output).
     probabilities : {None, 'png16', 'npy'}, default None
-        Also write the foreground probability (uint16 or float32 array ``probabilities``).
+        Also write the foreground probability (uint16 or float32 array ``probabilities``;
+        'png16' only for a TIFF output).
     options : tuple of (str, value), default ()
         Keyword arguments of :class:`unet.inference.segmenter.Segmenter` (batch_size, tta,
         threshold, overlap, amp, winograd), as pairs so that the job can be hashed.
     gpu_ids : tuple of int, default ()
         GPUs to run on (default: the CPU).
+    overlay : bool, default False
+        Also write the mask drawn over the input (uint8 RGB array ``overlay``).
     """
 
     checkpoints: tuple
@@ -59,10 +71,34 @@ class ChunkedJob:
     probabilities: str = None
     options: tuple = field(default=())
     gpu_ids: tuple = ()
+    overlay: bool = False
 
     def __post_init__(self):
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
             raise InputError(f"--chunk must be a positive number of pixels, got {self.chunk!r}")
+        if self.tiff:
+            check_tile(self.chunk)
+            if self.probabilities == "npy":
+                raise InputError("--probabilities npy: a TIFF output takes png16 (NAME_prob.tif, "
+                                 "16-bit); float32 probabilities need a .zarr output")
+
+    @property
+    def tiff(self):
+        """Whether the output is a tiled TIFF (else a Zarr group)."""
+        return self.output_path.lower().endswith(TIFF_SUFFIXES)
+
+    @property
+    def store_path(self):
+        """The Zarr store the chunks are written to: the output itself, or beside a TIFF."""
+        return self.output_path + ".chunks.zarr" if self.tiff else self.output_path
+
+    def tiff_files(self):
+        """``{array name: TIFF path}`` of a TIFF output, the mask last."""
+        paths = output_paths(self.output_path, ".tif")
+        files = {"overlay": paths["overlay"]} if self.overlay else {}
+        if self.probabilities:
+            files["probabilities"] = paths[self.probabilities]
+        return dict(files, mask=self.output_path)
 
     def load_segmenter(self):
         """The :class:`Segmenter` of the job's checkpoints and options."""
@@ -77,25 +113,39 @@ class ChunkedJob:
         return {"checkpoints": [sha256_file(path) for path in self.checkpoints],
                 "input": {"path": os.path.realpath(self.input_path), "shape": image.shape,
                           "channels": image.channels, "dtype": image.dtype.name},
-                "options": dict(options, chunk=self.chunk, probabilities=self.probabilities)}
+                "options": dict(options, chunk=self.chunk, probabilities=self.probabilities,
+                                overlay=self.overlay)}
 
 
 def prepare(job, segmenter, image):
     """Open or create the job's output for ``image`` (InputError if it belongs to another run)
     and calibrate an int8 ``segmenter`` on regions of ``image``; returns the output."""
-    if os.path.realpath(job.output_path) == os.path.realpath(job.input_path):
-        raise InputError(f"{display_path(job.output_path)}: the output would replace the input; "
+    outputs = list(job.tiff_files().values()) if job.tiff else [job.output_path]
+    if os.path.realpath(job.input_path) in map(os.path.realpath, outputs + [job.store_path]):
+        raise InputError(f"{display_path(job.input_path)}: an output would replace the input; "
                          "choose another --output")
-    output = open_output(job.output_path, job.record(image), image.shape, image.section,
-                         job.chunk, output_layout(segmenter, job.probabilities))
+    output = open_output(job.store_path, job.record(image), image.shape, image.section,
+                         job.chunk, output_layout(segmenter, job.probabilities, job.overlay))
     calibrate(segmenter, image, job.chunk)
     return output
 
 
-def segment_chunk(segmenter, image, output, chunk_id, probabilities=None):
+def segment_chunk(segmenter, image, output, chunk_id, probabilities=None, overlay=False):
     """Predict and write one output chunk ``(z, row, column)``."""
     z, rows, cols = output.box(chunk_id)
-    output.write(chunk_id, window_arrays(segmenter, image, z, rows, cols, probabilities))
+    output.write(chunk_id, window_arrays(segmenter, image, z, rows, cols, probabilities,
+                                         overlay))
+
+
+def write_tiffs(job, output, progress=False):
+    """Write the TIFF files of a finished TIFF job from its store ``output``, then remove the
+    store; returns the files written, the mask last."""
+    files = job.tiff_files()
+    for key, path in files.items():
+        write_tiled_tiff(path, output.arrays[key], output.section, job.chunk, progress)
+        faults.point("chunked.tiff")
+    shutil.rmtree(job.store_path)
+    return list(files.values())
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +155,7 @@ def worker_state(job):
     segmenter = job.load_segmenter()
     image = open_chunked(job.input_path)
     calibrate(segmenter, image, job.chunk)
-    return segmenter, image, ChunkedOutput(job.output_path)
+    return segmenter, image, ChunkedOutput(job.store_path)
 
 
 def segment_chunked(job, segmenter=None, progress=True, workers=0, scheduler=None,
@@ -129,9 +179,9 @@ def segment_chunked(job, segmenter=None, progress=True, workers=0, scheduler=Non
 
     Returns
     -------
-    tuple of (str, int)
-        The output path and the number of chunks computed by this call (those a killed run
-        finished are not redone).
+    tuple of (list of str, int)
+        The outputs written (the ``.zarr`` group, or the TIFF files, the mask last) and the
+        number of chunks computed by this call (those a killed run finished are not redone).
 
     Raises
     ------
@@ -144,7 +194,7 @@ def segment_chunked(job, segmenter=None, progress=True, workers=0, scheduler=Non
         output = prepare(job, segmenter, image)
         pending = output.pending()
         total = len(output.chunk_ids())
-        logger.info("%s: %d of %d chunks of %d px to do (%s)", display_path(job.output_path),
+        logger.info("%s: %d of %d chunks of %d px to do (%s)", display_path(job.store_path),
                     len(pending), total, job.chunk, "x".join(map(str, image.shape)))
         if checked is not None:
             checked()
@@ -155,9 +205,11 @@ def segment_chunked(job, segmenter=None, progress=True, workers=0, scheduler=Non
                 run_on_cluster(job, pending, bar, workers=workers, scheduler=scheduler)
             else:
                 for chunk_id in pending:
-                    segment_chunk(segmenter, image, output, chunk_id, job.probabilities)
+                    segment_chunk(segmenter, image, output, chunk_id, job.probabilities,
+                                  job.overlay)
                     bar.update(1)
         output.remove_partial()          # what a killed worker left; no writer runs now
     finally:
         image.close()
-    return job.output_path, len(pending)
+    written = write_tiffs(job, output, progress) if job.tiff else [job.output_path]
+    return written, len(pending)

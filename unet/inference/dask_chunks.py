@@ -25,7 +25,7 @@ RETRIES = 2
 def process_chunk(chunk_id, job):
     """A worker's task: predict and write the output chunk ``chunk_id`` of ``job``."""
     segmenter, image, output = worker_state(job)
-    segment_chunk(segmenter, image, output, chunk_id, job.probabilities)
+    segment_chunk(segmenter, image, output, chunk_id, job.probabilities, job.overlay)
     return chunk_id
 
 
