@@ -41,20 +41,26 @@ def load_for_inference(path, ctx=None):
     return net, meta
 
 
-def load_training_state(net, trainer, path, optimizer=None):
+def load_training_state(net, trainer, path, optimizer=None, ema=0.0):
     """Load weights and optimizer state of a last checkpoint into ``net`` and ``trainer``.
 
     Returns the checkpoint's meta. The optimizer state is read with MXNet's array loader, after
-    its sha256 is checked against the JSON. When ``optimizer`` (a name) differs from the one the
-    checkpoint was trained with, the optimizer state starts fresh.
+    its sha256 is checked against the JSON. When ``optimizer`` (a name) or ``ema`` (the decay of
+    the weights' moving average, :mod:`unet.training.ema`, kept in that state) differs from the
+    checkpoint's training, the optimizer state starts fresh.
     """
     meta = read_meta(path)
     load_parameters(net, path, trainer._contexts if trainer is not None else mx.cpu())
     state = meta.get("optimizer_state")
-    saved_optimizer = meta.get("training", {}).get("optimizer")
+    training = meta.get("training", {})
+    saved_optimizer, saved_ema = training.get("optimizer"), training.get("ema", 0.0)
     if state and optimizer is not None and saved_optimizer != optimizer:
         log.warning("optimizer changed from %s to %s: its state starts fresh",
                     saved_optimizer, optimizer)
+        state = None
+    elif state and bool(saved_ema) != bool(ema):
+        log.warning("--ema changed from %g to %g: the optimizer state (and the weights' "
+                    "average) starts fresh", saved_ema, ema)
         state = None
     if trainer is not None and state:
         states_path = os.path.join(os.path.dirname(os.path.abspath(path)), state["file"])

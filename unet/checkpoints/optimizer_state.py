@@ -37,6 +37,13 @@ def _copy(state):
     return tuple(_copy(item) for item in state)
 
 
+def _first_array(state):
+    """The first NDArray of a nested state, or None."""
+    if state is None or isinstance(state, mx.nd.NDArray):
+        return state
+    return next((a for a in map(_first_array, state) if a is not None), None)
+
+
 def optimizer_arrays(trainer):
     """The first updater's state, ready to write: ``(arrays, counters)``.
 
@@ -80,7 +87,7 @@ def load_optimizer_state(trainer, path, counters):
         if index >= len(params):
             raise ValueError(f"optimizer state has parameter #{index}, the model has {len(params)}")
         state = _unflatten(layout, key, arrays)
-        first = state[0] if isinstance(state, tuple) else state
+        first = _first_array(state)
         if first is not None and first.shape != params[index].shape:
             raise ValueError(f"optimizer state of {params[index].name} has shape {first.shape}, "
                              f"the parameter {params[index].shape}")

@@ -42,9 +42,11 @@ class CheckpointSaver:
             writing.prepare_checkpoint, writing.weights_copy(self.net), self._last_path(),
             optimizer, self.state.global_step)
 
-    def save(self, lr, scores, best):
+    def save(self, lr, scores, best, best_weights=None):
         """Commit the last checkpoint (what :meth:`begin` wrote, else written now) and, when
-        ``best``, the best one. A failed write raises :class:`InputError`."""
+        ``best``, the best one: the network's weights, or ``best_weights`` (a
+        :func:`unet.checkpoints.writing.weights_copy`) where they differ. A failed write raises
+        :class:`InputError`."""
         if not self.enabled:
             return
         meta = dict(self.base_meta, epoch=self.state.epoch, global_step=self.state.global_step,
@@ -58,7 +60,10 @@ class CheckpointSaver:
                 prepared = writing.prepare_checkpoint(self.net, last, self.trainer,
                                                    self.state.global_step)
             self.last_meta = writing.commit_checkpoint(prepared, dict(meta, kind="last"))
-            if best:
+            if best and best_weights is not None:
+                writing.save_checkpoint(best_weights, self.cfg.checkpoint_file,
+                                        dict(meta, kind="best"))
+            elif best:
                 writing.save_checkpoint(self.net, self.cfg.checkpoint_file, dict(meta, kind="best"),
                                      same_weights_as=(last, self.last_meta["params_sha256"]))
 

@@ -10,7 +10,8 @@ from unet.data.augment import GEOMETRIES
 from unet.core.cli import OneLineParser, float_list, int_list, run_guarded, setup_logging
 from unet.model.config import NORMS, UPSAMPLE_MODES, ModelConfig
 from unet.training.losses import LOSSES
-from unet.training.config import AMP_MODES, KVSTORES, LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from unet.training.config import AMP_MODES, KVSTORES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, \
+    TrainConfig
 
 
 def build_parser():
@@ -123,6 +124,18 @@ def build_parser():
                         "less training memory for more time (default model at 512x512: 3.3 GB "
                         "and 2.6x the step time instead of 5.3 GB; with --no-winograd 2.6 GB); "
                         "fp32 only, not with --dropout")
+    t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights, moving by 1 - DECAY "
+                        "toward them at every update (e.g. 0.99: about the last 100 updates); "
+                        "validation and the best checkpoint use the average, training goes on "
+                        "from the raw weights, and the last checkpoint carries both (not the "
+                        "reference's; default 0: off)")
+    t.add_argument("--select-by", choices=SELECT_BY, default="dice",
+                   help="the validation score whose best epoch is kept as the best checkpoint: "
+                        "dice (the reference's), v_rand or v_info (the ISBI 2012 challenge's "
+                        "adapted Rand and information F-scores of the cells after border "
+                        "thinning, averaged over the validation images; two classes only) "
+                        "(default dice)")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop before an epoch that would end after this many minutes (default: none)")
     t.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
@@ -182,7 +195,8 @@ def train_config(args):
         geometry=args.geometry,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
         winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,
-        histograms=not args.no_histograms, time_limit=args.time_limit)
+        histograms=not args.no_histograms, time_limit=args.time_limit,
+        select_by=args.select_by, ema=args.ema)
 
 
 def main(argv=None):
@@ -201,7 +215,8 @@ def main(argv=None):
         from unet.training.loop import train
         meta = train(config)
         if meta is not None:
-            print(f"best validation dice {meta['best_score']:.4f} (epoch {meta['best_epoch']}); "
+            print(f"best validation {config.select_by} {meta['best_score']:.4f} "
+                  f"(epoch {meta['best_epoch']}); "
                   f"best checkpoint: {config.checkpoint_file}")
         return 0
 

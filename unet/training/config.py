@@ -11,6 +11,8 @@ OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
 AMP_MODES = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("step", "cosine")
 KVSTORES = ("device", "local", "dist_sync", "dist_async", "dist_sync_device")
+#: Validation scores that can choose the best checkpoint (all: higher is better).
+SELECT_BY = ("dice", "v_rand", "v_info")
 
 
 @dataclass
@@ -22,7 +24,12 @@ class TrainConfig:
     50 epochs, softmax cross-entropy, augmentation on (geometry 'elastic'), 2 loader workers, fp32,
     no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that would
     be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3 convolutions on the
-    compiled Winograd kernel (:mod:`unet.model.winograd`) where it is available.
+    compiled Winograd kernel (:mod:`unet.model.winograd`) where it is available. ``select_by``:
+    the validation score whose best epoch is the best checkpoint, one of :data:`SELECT_BY`
+    (default 'dice', the reference's; 'v_rand' and 'v_info', the ISBI 2012 challenge's scores
+    after border thinning, need two classes). ``ema``: the decay per update of a moving average of
+    the weights that validation and the best checkpoint use (:mod:`unet.training.ema`; default
+    0.0: off, the reference's).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -64,6 +71,8 @@ class TrainConfig:
     log_images: int = 3
     histograms: bool = True
     time_limit: Optional[float] = None
+    select_by: str = "dice"
+    ema: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -116,6 +125,13 @@ class TrainConfig:
              "inconsistent')", self.amp),
             (self.channels is None or self.channels in (1, 3), "channels must be 1 or 3",
              self.channels),
+            (0.0 <= self.ema < 1.0, "ema must be in [0, 1) (0: off)", self.ema),
+            (not (self.ema and self.kvstore == "dist_async"), "ema keeps the averages in the "
+             "optimizer state of each worker; dist_async updates on the servers", self.kvstore),
+            (self.select_by in SELECT_BY, f"select-by must be one of {SELECT_BY}",
+             self.select_by),
+            (self.select_by == "dice" or self.model.num_classes == 2, "select-by v_rand and "
+             "v_info score the cells of a two-class model", self.select_by),
             (self.log_images >= 0, "log-images must be >= 0", self.log_images),
             (self.time_limit is None or self.time_limit > 0, "time-limit must be positive minutes",
              self.time_limit),

@@ -8,6 +8,7 @@ the previous checkpoint whole whatever happens, saves the state on Ctrl-C, and s
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from ..checkpoints import files, loading
+from ..checkpoints import files, loading, writing
 from ..core import faults
 from ..data.samples import prepare_data
 from ..data.loader import EpochLoader, SegmentationDataset
@@ -35,6 +36,7 @@ from .recompute import use_lean_allocator
 from ..checkpoints.saver import CheckpointSaver
 from .steps import train_epoch
 from .tensorboard import TrainingLog, new_run_name
+from .ema import averaged_weights, averaging_optimizer
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,9 @@ def _resume_meta(cfg):
     return last, files.read_meta(last)
 
 
-def _best_on_disk(path):
-    """``(best_score, best_epoch)`` of the best checkpoint on disk, ``(-1.0, -1)`` when none.
+def _best_on_disk(path, select_by="dice"):
+    """``(best_score, best_epoch)`` of the best checkpoint on disk, ``(-1.0, -1)`` when none or
+    when it was chosen by another score than ``select_by``.
 
     A kill between the last and the best save leaves the last checkpoint naming a best epoch
     that was never written; resuming with its score would never write that best.
@@ -90,7 +93,19 @@ def _best_on_disk(path):
     except InputError as err:
         log.warning("%s; the next epoch writes a new best checkpoint", err)
         return -1.0, -1
+    chosen_by = meta.get("training", {}).get("select_by", "dice")
+    if chosen_by != select_by:
+        log.warning("%s was chosen by validation %s, this run selects by %s; the next epoch "
+                    "writes a new best checkpoint", path, chosen_by, select_by)
+        return -1.0, -1
     return meta["best_score"], meta["best_epoch"]
+
+
+def selection_score(scores, select_by):
+    """The score of ``select_by`` in the validation ``scores``; 0.0 where it is NaN (no
+    validation image with cells), so that the first epoch still writes a best checkpoint."""
+    value = scores[select_by]
+    return 0.0 if math.isnan(value) else value
 
 
 def _check_same_model(saved, wanted, path):
@@ -200,7 +215,8 @@ class _Run:
                 run_name=resume_meta.get("run_name") or self.state.run_name)
             info = dataclasses.replace(info, normalization=type(info.normalization).from_dict(
                 resume_meta["data"]["normalization"]))
-            self.state.best_score, self.state.best_epoch = _best_on_disk(cfg.checkpoint_file)
+            self.state.best_score, self.state.best_epoch = _best_on_disk(cfg.checkpoint_file,
+                                                                         cfg.select_by)
         self.info = info
         # Before the network: the loader forks its workers now (unet.data.loader.EpochLoader).
         self.dataset = self._training_set()
@@ -209,10 +225,10 @@ class _Run:
         self._build_network(kvstore)
         if resume_meta is not None:
             loading.load_training_state(self.net, self.trainer if self.can_save_states else None,
-                                     last, optimizer=cfg.optimizer)
-            log.info("resuming %s at epoch %d, step %d (best dice %.4f at epoch %d)", last,
-                     self.state.epoch, self.state.global_step, self.state.best_score,
-                     self.state.best_epoch)
+                                     last, optimizer=cfg.optimizer, ema=cfg.ema)
+            log.info("resuming %s at epoch %d, step %d (best %s %.4f at epoch %d)", last,
+                     self.state.epoch, self.state.global_step, cfg.select_by,
+                     self.state.best_score, self.state.best_epoch)
         checks_passed()
         if self.is_dist:
             # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all.
@@ -249,8 +265,13 @@ class _Run:
         static = not cfg.recompute
         self.net.hybridize(static_alloc=static, static_shape=static)
         kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
-        self.trainer = gluon.Trainer(self.net.collect_params(), cfg.optimizer,
-                                     cfg.optimizer_params(), kvstore=kvstore, **kwargs)
+        if cfg.ema:
+            optimizer, params = averaging_optimizer(cfg.optimizer, cfg.ema,
+                                                    **cfg.optimizer_params()), None
+        else:
+            optimizer, params = cfg.optimizer, cfg.optimizer_params()
+        self.trainer = gluon.Trainer(self.net.collect_params(), optimizer, params,
+                                     kvstore=kvstore, **kwargs)
         if uses_loss_scaling(cfg.amp):
             from mxnet.contrib import amp
             amp.init_trainer(self.trainer)
@@ -309,20 +330,27 @@ class _Run:
         if cfg.histograms:
             tb.histograms(self.net, state.global_step)
         faults.point("train.validation")
-        scores, panels = validate(self.net, self.info, self.model_cfg, self.ctx,
-                                  cfg.batch_size, cfg.log_images)
+        averaged = None
+        with averaged_weights(self.trainer) if cfg.ema else contextlib.nullcontext():
+            scores, panels = validate(self.net, self.info, self.model_cfg, self.ctx,
+                                      cfg.batch_size, cfg.log_images)
+            score = selection_score(scores, cfg.select_by)
+            improved = score > state.best_score
+            if improved and cfg.ema:
+                averaged = writing.weights_copy(self.net)
         for name, value in scores.items():
             tb.scalar(f"val/{name}", value, state.global_step)
         tb.scalar("train/images_per_sec", images_per_sec, state.global_step)
         tb.scalar("train/epoch_loss", loss, state.global_step)
         tb.panels("val/panels", panels, state.global_step)
-        improved = scores["dice"] > state.best_score
         if improved:
-            state.best_score, state.best_epoch = scores["dice"], epoch + 1
-        self.saver.save(lr, scores, best=improved)
-        log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f  "
+            state.best_score, state.best_epoch = score, epoch + 1
+        self.saver.save(lr, scores, best=improved, best_weights=averaged)
+        cells = "".join(f"  {key} {scores[key]:.4f}" for key in ("v_rand", "v_info")
+                        if key in scores)
+        log.info("epoch %d/%d  loss %.4f  val dice %.4f  iou %.4f  pixel error %.4f%s  "
                  "%.1f img/s  lr %.2g%s", epoch + 1, cfg.num_epochs, loss, scores["dice"],
-                 scores["mean_iou"], scores["pixel_error"], images_per_sec, lr,
+                 scores["mean_iou"], scores["pixel_error"], cells, images_per_sec, lr,
                  "  (best, saved)" if improved else "")
 
     def close(self):
