@@ -34,6 +34,38 @@ def test_a_one_pixel_gap_merges_under_a_threshold_and_is_cut_by_splitting():
     assert not (split & ~thresholded).any()           # nothing turned to cell
 
 
+def one_cell_with_two_cores(dip):
+    """(40, 60) cell probability: one cell, 0.99 but for a column of ``dip`` across its middle
+    that separates two cores of 0.99 (seeds at 0.95)."""
+    probability = np.full((40, 60), 0.99, np.float32)
+    probability[:, 29:31] = dip
+    return probability
+
+
+def test_seeds_across_a_weak_boundary_merge_and_a_true_membrane_stays():
+    merging = CellSplitting(min_hole_size=0, merge_threshold=0.3)
+    weak = one_cell_with_two_cores(dip=0.9)          # membrane probability 0.1 between cores
+    assert components(split_cells(weak, 0.5, CellSplitting(min_hole_size=0))) == 2
+    merged = split_cells(weak, 0.5, merging)
+    np.testing.assert_array_equal(merged, weak >= 0.5)           # one cell, nothing drawn
+    # A true membrane with a one-pixel gap (membrane probability 0.95 and 0.4) is still cut.
+    probability = two_cells_with_a_gap()
+    assert components(split_cells(probability, 0.5, merging)) == 2
+    # Above the boundary's mean, the weak one is cut too.
+    assert components(split_cells(weak, 0.5, CellSplitting(min_hole_size=0,
+                                                           merge_threshold=0.05))) == 2
+
+
+def test_merging_is_transitive_over_a_chain_of_weak_boundaries():
+    probability = np.full((30, 91), 0.99, np.float32)
+    probability[:, 29:31] = probability[:, 59:61] = 0.9      # three cores, two weak boundaries
+    probability[:, 89:] = 0.02                               # and a true membrane at the right
+    options = CellSplitting(min_hole_size=0, min_seed_size=50, merge_threshold=0.3)
+    assert components(split_cells(probability, 0.5, CellSplitting(min_hole_size=0,
+                                                                  min_seed_size=50))) == 3
+    assert components(split_cells(probability, 0.5, options)) == 1
+
+
 def test_cores_below_the_seed_size_or_threshold_leave_the_threshold_alone():
     probability = two_cells_with_a_gap()
     thresholded = probability >= 0.5
@@ -72,6 +104,7 @@ def test_threshold_still_decides_the_membrane():
     ({"seed_threshold": 1.5}, "seed threshold"),
     ({"min_seed_size": 0}, "seed size"),
     ({"min_hole_size": -1}, "hole size"),
+    ({"merge_threshold": -0.1}, "merge threshold"),
 ])
 def test_bad_options_are_refused(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -86,7 +119,7 @@ def test_evaluate_split_cells_scores_and_records_its_options(tmp_path, capsys, c
     assert code == 0, err
     report = json.loads((out / "metrics.json").read_text())
     assert report["split_cells"] == {"seed_threshold": 0.95, "min_seed_size": 5,
-                                     "min_hole_size": 100}
+                                     "min_hole_size": 100, "merge_threshold": None}
     assert report["mean"]["dice"] > 0.7
     code, _, err = run(capsys, "--data-dir", tmp_path / "data", "--network-param", checkpoint,
                        "--output", tmp_path / "plain")
@@ -97,6 +130,7 @@ def test_evaluate_split_cells_scores_and_records_its_options(tmp_path, capsys, c
     (["--seed-threshold", "2"], "seed threshold"),
     (["--min-seed-size", "0"], "seed size"),
     (["--min-hole-size", "-3"], "hole size"),
+    (["--merge-threshold", "1.5"], "merge threshold"),
 ])
 def test_bad_split_flags_give_one_line(tmp_path, capsys, checkpoint, flags, word):
     dataset(tmp_path / "data", [(40, 40)], masked={0})

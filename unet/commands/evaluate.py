@@ -100,6 +100,11 @@ def build_parser():
     parser.add_argument("--min-seed-size", type=int, default=None,
                         help="with --split-cells: smallest core in pixels that seeds a cell "
                              f"(default: {defaults.min_seed_size})")
+    parser.add_argument("--merge-threshold", type=float, default=None, metavar="P",
+                        help="with --split-cells: before splitting, merge neighbouring seeds "
+                             "whose common boundary has a mean membrane probability below P "
+                             "(region adjacency graph agglomeration; not yet measured as a gain) "
+                             "(default: no merging)")
     parser.add_argument("--min-hole-size", type=int, default=None,
                         help="with --split-cells: membrane specks inside a cell up to this many "
                              f"pixels become cell; 0 keeps them (default: {defaults.min_hole_size})")
@@ -211,7 +216,7 @@ def _segment_chunked(args):
 def cell_splitting(args):
     """The CellSplitting of the flags, or None without --split-cells."""
     given = {name: getattr(args, name) for name in ("seed_threshold", "min_seed_size",
-                                                      "min_hole_size")
+                                                      "min_hole_size", "merge_threshold")
              if getattr(args, name) is not None}
     if not args.split_cells:
         if given:
