@@ -11,7 +11,7 @@ written and hashed, on the writer thread, nothing renamed), ``checkpoint.params_
 pending JSON written too), ``checkpoint.renamed`` (weights renamed, JSON still pending),
 ``checkpoint.committed`` (after the JSON rename); ``chunked.partial`` (a chunk file of chunked
 inference written, not renamed), ``chunked.chunk`` (a chunk whole), ``tiff.tile`` (a tile of a
-tiled TIFF output passed to its writer), ``chunked.tiff`` (one TIFF output written whole).
+tiled TIFF output read for its writer), ``chunked.tiff`` (one TIFF output written whole).
 Unset (the normal case), :func:`point` costs one dictionary lookup.
 """
 import multiprocessing

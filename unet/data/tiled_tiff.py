@@ -62,9 +62,10 @@ def write_tiled_tiff(path, array, section, tile, progress=False):
     def tiles(bar):
         for z, y, x in places:
             where = (slice(y, y + tile), slice(x, x + tile))
-            yield np.ascontiguousarray(array[where if section else (z,) + where])
+            tile_pixels = np.ascontiguousarray(array[where if section else (z,) + where])
             bar.update(1)
             faults.point("tiff.tile")
+            yield tile_pixels
 
     def write(tmp):
         with tqdm(desc=f"writing {display_path(path)}", unit="tile", total=len(places),
