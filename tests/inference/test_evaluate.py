@@ -1,10 +1,12 @@
 """evaluate.py end to end: a tiny trained checkpoint segments files and folders, scores them,
 exports, and turns every bad input into one line on stderr with exit code 2."""
 import csv
+import io
 import json
 import os
 import pickle
 import shutil
+import sys
 
 import cv2
 import mxnet as mx
@@ -445,7 +447,6 @@ def test_bad_input_in_a_process_of_its_own_prints_its_error_line_alone(tmp_path,
     """Where the log lines reach stderr too: the checkpoint's "loaded" line is held back until
     the input proves sound, so a bad image or mask is its one error line."""
     import subprocess
-    import sys
     (tmp_path / "text.png").write_text("not an image")
     dataset(tmp_path / "d", [(40, 40)], masked={0})
     write(tmp_path / "d" / "test" / "mask" / "img0.png", np.zeros((20, 20), np.uint8))
@@ -474,7 +475,15 @@ def test_a_single_image_shows_its_forward_passes_once_they_take_a_while(tmp_path
     assert capsys.readouterr().err == ""        # done within the delay: no bar, nothing left
     monkeypatch.setattr(unet.inference.segmenter, "PROGRESS_DELAY_S", 0.0)
     assert evaluate.main(["--image", image, "--network-param", checkpoint]) == 0
-    err = capsys.readouterr().err
-    assert "tiles:" in err and "pass" in err, err
+    assert "tiles" not in capsys.readouterr().err      # not a terminal: no bar in a log file
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert evaluate.main(["--image", image, "--network-param", checkpoint]) == 0
+    assert "tiles:" in terminal.getvalue() and "pass" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", Terminal())
     assert evaluate.main(["--image", image, "--network-param", checkpoint, "--no-progress"]) == 0
-    assert "tiles" not in capsys.readouterr().err
+    assert "tiles" not in sys.stderr.getvalue()

@@ -130,8 +130,10 @@ def build_parser():
                         help="write PREFIX-symbol.json, PREFIX-0000.params, PREFIX.json and "
                              "PREFIX.onnx (when the onnx package is installed)")
     parser.add_argument("--no-progress", action="store_true",
-                        help="hide the progress bars (a folder's images; a single image's "
-                             "forward passes, shown once they take over a second)")
+                        help="hide the progress bars, which show on a terminal only (a "
+                             "folder's images, a stack's slices, the chunks and TIFF tiles of "
+                             "chunked inference; a single image's forward passes, once they "
+                             "take over a second)")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser
 

@@ -69,7 +69,7 @@ def write_tiled_tiff(path, array, section, tile, progress=False):
 
     def write(tmp):
         with tqdm(desc=f"writing {display_path(path)}", unit="tile", total=len(places),
-                  disable=not progress, file=sys.stderr) as bar:
+                  disable=None if progress else True, file=sys.stderr) as bar:
             tifffile.imwrite(tmp, tiles(bar), shape=shape, dtype=array.dtype, tile=(tile, tile),
                              photometric="rgb" if rgb else "minisblack", compression="zlib",
                              metadata={"axes": "ZYXS"[section:len(shape) + section]})

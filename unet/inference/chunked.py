@@ -199,7 +199,7 @@ def segment_chunked(job, segmenter=None, progress=True, workers=0, scheduler=Non
         if checked is not None:
             checked()
         with tqdm(desc="chunks", unit="chunk", total=total, initial=total - len(pending),
-                  disable=not progress, file=sys.stderr) as bar:
+                  disable=None if progress else True, file=sys.stderr) as bar:
             if pending and (workers or scheduler):
                 from .dask_chunks import run_on_cluster
                 run_on_cluster(job, pending, bar, workers=workers, scheduler=scheduler)

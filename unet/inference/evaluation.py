@@ -122,7 +122,7 @@ def segment_samples(segmenter, samples, output_dir, overlay=False, probabilities
     calibrate_on_samples(segmenter, samples)
     rows = []
     for sample in tqdm(samples, desc="segmenting", unit="image", file=sys.stderr,
-                       disable=not progress):
+                       disable=None if progress else True):
         image = read_image(sample.image_path)
         prediction = segmenter.predict(image, display_path(sample.image_path))
         write_outputs(prediction, image, default_mask_path(sample.image_path, output_dir),

@@ -219,7 +219,7 @@ class Segmenter:
         (default False)."""
         self.calibrate([image], [name])       # int8 not yet calibrated: on this image
         with tqdm(desc="tiles", unit="pass", total=0, leave=False, delay=PROGRESS_DELAY_S,
-                  disable=not progress, file=sys.stderr) as bar:
+                  disable=None if progress else True, file=sys.stderr) as bar:
             probabilities = self._probabilities(image, name, bar)
             if self.members:
                 for member in self.members:
@@ -357,7 +357,7 @@ def segment_stack(segmenter, stack_path, mask_path, overlay=False, probabilities
     segmenter.calibrate([stack[z] for z in chosen], [f"{name} slice {z}" for z in chosen])
     predictions, slices = [], {}
     for z, image in enumerate(tqdm(stack, desc="segmenting", unit="slice", file=sys.stderr,
-                                   disable=not progress)):
+                                   disable=None if progress else True)):
         predictions.append(segmenter.predict(image, f"{name} slice {z}"))
         for kind, array in output_arrays(predictions[-1], image, overlay, probabilities).items():
             slices.setdefault(kind, []).append(array)
