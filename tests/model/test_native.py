@@ -303,15 +303,18 @@ def test_unet_with_winograd_convolutions_trains_like_the_reference(conv_kernel, 
 def test_winograd_conv_follows_changed_weights(conv_kernel):
     # The kernel keeps transformed weights between calls: weights written in place, and new
     # arrays (whose addresses the allocator may hand out again), must never meet stale ones.
+    # 16 channels and 2x16x16 pixels: the sizes where the kernel runs Winograd.
     rng = np.random.default_rng(1)
-    x = mx.nd.array(rng.normal(0.0, 1.0, (2, 8, 16, 16)))
-    weight = mx.nd.array(rng.normal(0.0, 0.2, (8, 8, 3, 3)))
+    x = mx.nd.array(rng.normal(0.0, 1.0, (2, 16, 16, 16)))
+    weight = mx.nd.array(rng.normal(0.0, 0.2, (8, 16, 3, 3)))
     bias = mx.nd.zeros(8)
     for scale in (1.0, -0.5, 3.0):
         weight[:] = weight * scale
         _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
+    weight[:] = weight[::-1]     # the same values in other places
+    _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
     for seed in range(4):
-        fresh = mx.nd.array(np.random.default_rng(seed).normal(0.0, 0.2, (8, 8, 3, 3)))
+        fresh = mx.nd.array(np.random.default_rng(seed).normal(0.0, 0.2, (8, 16, 3, 3)))
         _assert_close(mx.nd.unet_conv3x3(x, fresh, bias).asnumpy(), _convolution(x, fresh, bias))
         del fresh
 

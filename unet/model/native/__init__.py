@@ -122,6 +122,8 @@ def _hashed_files(kernel):
     include = _mxnet_dir() / "include"
     files = [kernel.source, kernel.source.with_name("operator.h"), include / "mxnet" / "lib_api.h",
              _mxnet_dir() / "src" / "lib_api.cc"]
+    if kernel is CONV3X3:
+        files.append(kernel.source.with_name("weights_hash.h"))
     if kernel.uses_onednn:
         files += [include / "mkldnn" / "oneapi" / "dnnl" / name
                   for name in ("dnnl.hpp", "dnnl.h", "dnnl_types.h", "dnnl_version.h")]

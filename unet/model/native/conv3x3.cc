@@ -16,12 +16,20 @@
 // MXNet re-creates an operator's state on most calls, so what is worth keeping lives here,
 // process-wide, under one lock (calls run one at a time): the primitives of each shape; buffers
 // for the convolution's own memory layouts and for the primitives' scratchpads, shared by all
-// shapes (grown to the largest); and for
-// inference the transformed weights (a transform of a 1024x1024 layer takes ~170 ms, its
-// convolution ~25 ms) with a copy of the weights they came from, found by content and compared in
-// full on every call (~1% of the call; neither the weights' address nor MXNet's version counter
-// identifies them: MXNet may pass a new copy on every call, and a freed array's address comes
-// back with other weights at the same version).
+// shapes (grown to the largest); and for inference the transformed weights (a transform of a
+// 1024x1024 layer takes ~170 ms, its convolution ~25 ms), found by a 128-bit hash of all the
+// weights' bytes, computed on every call (~1.5% of a pass; weights_hash.h). Neither the
+// weights' address nor MXNet's version counter identifies them: MXNet may pass a new copy on
+// every call, and a freed array's address comes back with other weights at the same version.
+// The hash is not cryptographic: weights crafted to collide with others of the same shape in the
+// same process could run with the other's transform; for any other change, a collision (two
+// 64-bit halves at once) is far less likely than a memory error.
+//
+// Inference runs Winograd only where it pays (use_winograd): not on a layer with
+// fewer than 16 input channels (they are padded to 16; the direct kernel is faster there) nor
+// on small images, where the 4x larger transformed weights take longer to stream from memory
+// than the multiplications they save; those layers run oneDNN's direct (GEMM) convolution on
+// the plain tensors, with no copy of the weights at all.
 #include <omp.h>
 
 #include <cstdint>
@@ -36,6 +44,7 @@
 
 #include "mxnet/lib_api.h"
 #include "operator.h"
+#include "weights_hash.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 using namespace mxnet::ext;
@@ -211,37 +220,58 @@ void convolve(const dnnl::primitive& conv, const Shapes& s, const dnnl::memory::
 
 // ---------------------------------------------------------------------------------- inference
 
+// Up to this many output pixels per channel (N*H*W), Winograd is bound by reading its
+// transformed weights (36 values for 9, once per call) and saves little or nothing: on a
+// 1024->1024 layer (AVX-512, 2 cores) it takes as long as the direct algorithm at 16x16, half
+// as long at 32x32. The default model's two deepest layers at a 256x256 tile hold 226 MB of
+// transformed weights.
+constexpr int64_t kWeightBoundPixels = 256;
+constexpr int64_t kWinogradMinChannels = 16;
+
+// Winograd, or the direct algorithm on the plain tensors (oneDNN then runs GEMM convolutions).
+bool use_winograd(const dims& src_dims) {
+  return src_dims[1] >= kWinogradMinChannels &&
+         src_dims[0] * src_dims[2] * src_dims[3] > kWeightBoundPixels;
+}
+
 struct InferencePlan {
   Shapes shapes;
   dnnl::convolution_forward conv;
   dnnl::memory::desc src_md, weights_md, dst_md, scratchpad_md;
   InferencePlan(const dims& src_dims, int64_t out_channels) : shapes(src_dims, out_channels) {
     dnnl::algorithm algorithm;
-    auto pd = forward_pd(shapes, dnnl::prop_kind::forward_inference, &algorithm);
+    auto pd = use_winograd(src_dims)
+        ? forward_pd(shapes, dnnl::prop_kind::forward_inference, &algorithm)
+        : dnnl::convolution_forward::primitive_desc(
+              dnnl::convolution_forward::desc(
+                  dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                  shapes.src, shapes.weights, shapes.bias, shapes.dst, kOne, kOne, kOne),
+              user_scratchpad(), cpu_engine());
     conv = dnnl::convolution_forward(pd);
     src_md = pd.src_desc();
     weights_md = pd.weights_desc();
     dst_md = pd.dst_desc();
     scratchpad_md = pd.scratchpad_desc();
   }
+  // The direct algorithm takes the weights as they are: nothing to transform or keep.
+  bool plain_weights() const { return weights_md == shapes.weights; }
 };
 
-// Weights in the convolution's layout, and the plain weights they were made from.
+// Weights in the convolution's layout.
 struct Packed {
-  std::vector<float> plain;
   dnnl::memory::desc md;
   dnnl::memory memory;
   uint64_t last_used = 0;
-  size_t bytes() const { return plain.size() * sizeof(float) + md.get_size(); }
+  size_t bytes() const { return md.get_size(); }
 };
 
-// At most this many bytes of cached weights (plain and transformed): the least recently used go
-// first. The default model needs about 0.6 GB.
+// At most this many bytes of transformed weights: the least recently used go first. The default
+// model needs about 0.35 GB at 256x256, 0.55 GB at 512x512 (every layer on Winograd).
 constexpr size_t kPackedBudget = size_t(2) << 30;
 
 std::map<std::vector<int64_t>, std::unique_ptr<InferencePlan>> inference_plans;  // N C H W K thr
-// Key: K C 3 3 and the fingerprint of the values; one entry per layout (oneDNN may pick another
-// layout for another batch size).
+// Key: K C 3 3 and the two halves of the weights' hash; one entry per layout (oneDNN may pick
+// another layout for another batch size).
 std::map<std::vector<uint64_t>, std::vector<std::unique_ptr<Packed>>> packed_weights;
 size_t packed_bytes = 0;
 uint64_t packed_clock = 0;
@@ -264,32 +294,20 @@ void evict_packed_weights(size_t incoming) {
   }
 }
 
-// A cheap fingerprint of `count` floats: FNV-1a over the bits of at most 4096 of them, evenly
-// spaced. Equal weights give equal fingerprints; the full comparison decides.
-uint64_t fingerprint(const float* data, size_t count) {
-  uint64_t hash = 1469598103934665603ull ^ count;
-  const size_t step = count > 4096 ? count / 4096 : 1;
-  for (size_t i = 0; i < count; i += step) {
-    uint32_t bits;
-    std::memcpy(&bits, data + i, sizeof bits);
-    hash = (hash ^ bits) * 1099511628211ull;
-  }
-  return hash;
-}
-
 // The weights at `data` in the layout of `plan`, transformed again only when no cached entry
-// holds the same values in that layout.
+// holds weights of the same hash in that layout.
 const dnnl::memory& packed_for(const InferencePlan& plan, const float* data,
                                dnnl::stream& stream) {
-  const size_t count = plan.shapes.weights.get_size() / sizeof(float);
+  const size_t bytes = plan.shapes.weights.get_size();
   const auto& wdims = plan.shapes.weights.dims();
   std::vector<uint64_t> key(wdims.begin(), wdims.end());
-  key.push_back(fingerprint(data, count));
+  const auto hash = unet_native::hash128(data, bytes);
+  key.push_back(hash.first);
+  key.push_back(hash.second);
   auto found = packed_weights.find(key);
   if (found != packed_weights.end()) {
     for (auto& entry : found->second) {
-      if (entry->md == plan.weights_md &&
-          std::memcmp(entry->plain.data(), data, count * sizeof(float)) == 0) {
+      if (entry->md == plan.weights_md) {
         entry->last_used = ++packed_clock;
         return entry->memory;
       }
@@ -297,10 +315,9 @@ const dnnl::memory& packed_for(const InferencePlan& plan, const float* data,
   }
   // Built whole before it enters the cache: a failed transform leaves no half-made entry.
   auto entry = std::make_unique<Packed>();
-  entry->plain.assign(data, data + count);
   entry->md = plan.weights_md;
   entry->memory = dnnl::memory(plan.weights_md, cpu_engine());
-  dnnl::memory plain(plan.shapes.weights, cpu_engine(), entry->plain.data());
+  dnnl::memory plain(plan.shapes.weights, cpu_engine(), const_cast<float*>(data));
   reorder(plain, entry->memory, stream);
   stream.wait();
   entry->last_used = ++packed_clock;
@@ -318,8 +335,9 @@ MXReturnValue inference_forward(const std::unordered_map<std::string, std::strin
   MXTensor &data = (*inputs)[0], &weight = (*inputs)[1], &bias = (*inputs)[2];
   return guarded("unet_conv3x3", [&](dnnl::stream& stream) {
     auto& p = plan_for(inference_plans, dims_of(data), weight.shape[0]);
-    const dnnl::memory& packed = packed_for(p, weight.data<float>(), stream);
-    convolve(p.conv, p.shapes, p.src_md, p.dst_md, p.scratchpad_md, packed, data, bias,
+    const dnnl::memory weights = p.plain_weights() ? user_memory(p.shapes.weights, weight)
+                                                   : packed_for(p, weight.data<float>(), stream);
+    convolve(p.conv, p.shapes, p.src_md, p.dst_md, p.scratchpad_md, weights, data, bias,
              (*outputs)[0], stream);
   });
 }
