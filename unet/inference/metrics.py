@@ -105,6 +105,8 @@ def cell_fscores(pred, target):
     membrane), after border thinning: ``1 -`` :func:`adapted_rand_error_thinned` and
     :func:`information_fscore_thinned` from one table; NaN without true cells."""
     table = thinned_cells_table(pred, target)
+    if table.sum() == 0:                # scikit-image would divide by zero, with warnings
+        return float("nan"), float("nan")
     return 1.0 - _rand_error(table), information_fscore(table)
 
 
