@@ -15,9 +15,9 @@ import sys
 
 from unet.core.cli import OneLineParser, int_list, run_guarded, setup_logging
 from unet.core.errors import InputError
-from unet.data.chunked_io import is_zarr
+from unet.data.chunked_io import TIFF_SUFFIXES, is_zarr
 from unet.data.stacks import is_stack, read_mask_slices, stack_shape
-from unet.inference.chunked import DEFAULT_CHUNK, TIFF_SUFFIXES, ChunkedJob, segment_chunked
+from unet.inference.chunked import DEFAULT_CHUNK, ChunkedJob, segment_chunked
 from unet.inference.evaluation import check_samples, format_table, list_dataset, list_folder, \
     metrics_paths, score_row, segment_samples, write_metrics
 from unet.model.export import export_network
@@ -158,17 +158,11 @@ def _zarr_output(args):
     return bool(args.output) and args.output.rstrip("/\\").lower().endswith(".zarr")
 
 
-def _chunk_flags(args):
-    """The chunked-inference flags given."""
-    return [flag for flag, value in (("--chunk", args.chunk), ("--workers", args.workers),
-                                     ("--scheduler", args.scheduler)) if value is not None]
-
-
 def is_chunked(args):
     """Whether the flags ask for chunked inference: a ``.zarr`` --output, a Zarr --image, or
     one of --chunk, --workers, --scheduler."""
     return _zarr_output(args) or bool(args.image and is_zarr(args.image)) or \
-        bool(_chunk_flags(args))
+        any(value is not None for value in (args.chunk, args.workers, args.scheduler))
 
 
 def check_chunked_options(args):
@@ -255,7 +249,7 @@ def _segment_one(segmenter, args):
     mask_path = args.output or default_mask_path(args.image, suffix=suffix)
     if os.path.isdir(mask_path):
         mask_path = default_mask_path(args.image, mask_path, suffix)
-    if stack and not mask_path.lower().endswith((".tif", ".tiff")):
+    if stack and not mask_path.lower().endswith(TIFF_SUFFIXES):
         raise InputError(f"{mask_path}: the mask of a TIFF stack is a multi-page TIFF; give "
                          "--output a .tif name")
     folder = os.path.dirname(mask_path) or "."

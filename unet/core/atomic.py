@@ -6,6 +6,7 @@ destination. The temporary name keeps the destination's suffix so that writers t
 format by extension (``cv2.imwrite``) still work.
 """
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -46,6 +47,16 @@ def temp_path_beside(path):
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the usual file mode
     return tmp
+
+
+def remove_temps_beside(path):
+    """Delete the temporary files of :func:`temp_path_beside` that writes of ``path`` killed
+    before their rename left behind; call it only while nothing else writes ``path``."""
+    folder, base = os.path.split(os.path.abspath(os.fsdecode(path)))
+    suffix = os.path.splitext(base)[1]
+    for leftover in glob.glob(os.path.join(glob.escape(folder),
+                                           f".{glob.escape(base)}.*.tmp{suffix}")):
+        os.remove(leftover)
 
 
 def fsync_file(path):

@@ -23,7 +23,7 @@ from .imageio import display_path, image_from_array
 from .stacks import _check_pages, _layout, _quiet_tifffile
 
 PIXEL_TYPES = ("uint8", "uint16", "float16", "float32", "float64")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
 _JPEG = {6, 7, 33007, 34892}       # TIFF compressions whose segments need the JPEG tables
 
 
@@ -228,7 +228,7 @@ def open_chunked(path):
         return _open_zarr(path, name)
     if not os.path.isfile(path):
         raise InputError(f"{name}: no such file or folder")
-    if not os.fspath(path).lower().endswith(_TIFF_SUFFIXES):
+    if not os.fspath(path).lower().endswith(TIFF_SUFFIXES):
         raise InputError(f"{name}: a chunked input is a Zarr array or group or a TIFF; "
                          "other images are read whole")
     return _open_tiff(path, name)

@@ -5,8 +5,6 @@ A section or a stack of any size becomes a TIFF of one page per slice, cut in sq
 Each tile is read from the source array when tifffile asks for it: with the tile equal to the
 source's chunk, one chunk is decoded per tile and nothing else is held.
 """
-import glob
-import os
 import sys
 
 import numpy as np
@@ -14,6 +12,7 @@ import tifffile
 from tqdm import tqdm
 
 from ..core import faults
+from ..core.atomic import remove_temps_beside
 from ..core.errors import InputError
 from .imageio import display_path, write_file
 
@@ -74,16 +73,7 @@ def write_tiled_tiff(path, array, section, tile, progress=False):
                              photometric="rgb" if rgb else "minisblack", compression="zlib",
                              metadata={"axes": "ZYXS"[section:len(shape) + section]})
 
-    _remove_killed_writes(path)
+    remove_temps_beside(path)     # a killed write is done again whole, never continued
     write_file(path, write)
     return path
 
-
-def _remove_killed_writes(path):
-    """Delete the temporary files (:func:`unet.core.atomic.temp_path_beside`) that a killed
-    write of ``path`` left beside it: a TIFF is written again whole, never continued."""
-    folder, base = os.path.split(os.path.abspath(path))
-    suffix = os.path.splitext(base)[1]
-    for leftover in glob.glob(os.path.join(glob.escape(folder),
-                                           f".{glob.escape(base)}.*.tmp{suffix}")):
-        os.remove(leftover)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..checkpoints.files import sha256_file
 from ..core import faults
 from ..core.errors import InputError
-from ..data.chunked_io import open_chunked
+from ..data.chunked_io import TIFF_SUFFIXES, open_chunked
 from ..data.chunked_store import ChunkedOutput, open_output
 from ..data.imageio import display_path
 from ..data.tiled_tiff import check_tile, write_tiled_tiff
@@ -34,7 +34,6 @@ from .segmenter import Segmenter, contexts, output_paths
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 1024
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)

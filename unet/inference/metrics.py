@@ -105,8 +105,6 @@ def cell_fscores(pred, target):
     membrane), after border thinning: ``1 -`` :func:`adapted_rand_error_thinned` and
     :func:`information_fscore_thinned` from one table; NaN without true cells."""
     table = thinned_cells_table(pred, target)
-    if table.sum() == 0:                # scikit-image would divide by zero, with warnings
-        return float("nan"), float("nan")
     return 1.0 - _rand_error(table), information_fscore(table)
 
 
@@ -139,6 +137,8 @@ def thinned_cells_table(pred, target):
 def _rand_error(table):
     """scikit-image's adapted Rand error of a contingency table (rows true, columns predicted);
     NaN without any true-cell pixel."""
+    if table.sum() == 0:                # scikit-image would divide by zero, with warnings
+        return float("nan")
     error, _, _ = _skimage_adapted_rand_error(table=table)
     return float(error)
 
