@@ -91,7 +91,9 @@ def _add_variant_flags(g):
                         "of segmenter.py and evaluate.py on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
-    g.add_argument("--mirror", action="store_true", help="MXNET_BACKWARD_DO_MIRROR=1")
+    g.add_argument("--mirror", action="store_true",
+                   help="training as segmenter.py --mirror: the step on MXNet's graph executor, "
+                        "the cheap ops recomputed in backward (unet.training.mirror)")
     g.add_argument("--recompute", action="store_true",
                    help="training as segmenter.py --recompute: keep a few activations, "
                         "recompute the rest in backward, no static_alloc, lean allocator "

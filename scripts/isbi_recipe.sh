@@ -17,6 +17,12 @@
 #              OMP_NUM_THREADS is set) into OUT_DIR/model-SEED/, and evaluate their ensemble
 #              (probabilities averaged) [1]
 #   PYTHON     interpreter [.venv/bin/python]
+#   TRAIN      0: train nothing, evaluate the checkpoints already in OUT_DIR again (a lever of
+#              the evaluation measured on models already trained) [1]
+#   CHECKPOINTS with TRAIN=0, the checkpoint files in OUT_DIR to evaluate, several averaging their
+#              probabilities, e.g. "unet.params unet-last.params" [unet.params]
+#   PREDICTIONS folder in OUT_DIR for the predictions and metrics [predictions]
+#   EVAL_FLAGS extra flags for evaluate.py, e.g. "--merge-threshold 0.4" []
 # Writes OUT_DIR/unet.params (best validation Dice; OUT_DIR/model-SEED/unet.params with MODELS > 1,
 # where a --seed flag would give every model that one seed), OUT_DIR/predictions/metrics.json (pixel
 # error, Dice, IoU, adapted Rand error as predicted and after border thinning, the ISBI challenge's
@@ -28,9 +34,12 @@ out_dir="${OUT_DIR:-runs/isbi_recipe}"
 threshold="${THRESHOLD:-0.5}"
 overlap="${OVERLAP:-128}"
 python="${PYTHON:-.venv/bin/python}"
+predictions="${PREDICTIONS:-predictions}"
 eval_flags=()
 [[ "${TTA:-1}" == 1 ]] && eval_flags+=(--tta)
 [[ "${SPLIT_CELLS:-1}" == 1 ]] && eval_flags+=(--split-cells)
+read -r -a extra_eval_flags <<< "${EVAL_FLAGS:-}"
+eval_flags+=(${extra_eval_flags[@]+"${extra_eval_flags[@]}"})
 # One OpenMP thread per physical core unless OMP_NUM_THREADS is set (unet/core/threads.py); where
 # other jobs share the cores, OMP_NUM_THREADS=1 is up to 4x faster (threads spin waiting for each
 # other; docs/records/quality.md).
@@ -49,7 +58,16 @@ recipe=("$python" segmenter.py --data-dir "$data_dir"
     --time-limit 55 --no-histograms --log-images 1)
 
 checkpoints=()
-if [[ "$models" == 1 ]]; then
+if [[ "${TRAIN:-1}" == 0 ]]; then
+    read -r -a names <<< "${CHECKPOINTS:-unet.params}"
+    for name in "${names[@]}"; do
+        if [[ ! -f "$out_dir/$name" ]]; then
+            echo "isbi_recipe.sh: TRAIN=0 but no checkpoint $out_dir/$name" >&2
+            exit 2
+        fi
+        checkpoints+=("$out_dir/$name")
+    done
+elif [[ "$models" == 1 ]]; then
     "${recipe[@]}" --checkpoint-file "$out_dir/unet.params" --log-dir "$out_dir/logs" "$@"
     checkpoints=("$out_dir/unet.params")
 else
@@ -83,6 +101,6 @@ else
     fi
 fi
 "$python" evaluate.py --data-dir "$data_dir" --split validate \
-    --network-param "${checkpoints[@]}" --output "$out_dir/predictions" \
+    --network-param "${checkpoints[@]}" --output "$out_dir/$predictions" \
     --threshold "$threshold" --overlap "$overlap" "${eval_flags[@]}" \
     --overlay --probabilities npy --no-progress

@@ -8,11 +8,24 @@
 # seed in OUT_DIR/seed-S/; and those of isbi_recipe.sh (DATA_DIR, TTA, SPLIT_CELLS, PYTHON, ...).
 # A seed whose predictions/metrics.json exists is not run again (delete its folder to redo it).
 # Writes OUT_DIR/seeds.md (the table printed) and OUT_DIR/seeds.json.
+#
+# EVAL_ONLY=NAME measures a lever of the evaluation on the seeds already trained, without
+# training: each seed's checkpoints (CHECKPOINTS, default unet.params) are evaluated again with
+# EVAL_FLAGS into OUT_DIR/seed-S/predictions-NAME/, then summarized into OUT_DIR/seeds-NAME.md and
+# .json. E.g. EVAL_ONLY=merge-0.4 EVAL_FLAGS="--merge-threshold 0.4" scripts/isbi_seeds.sh, or
+# EVAL_ONLY=last CHECKPOINTS=unet-last.params scripts/isbi_seeds.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out_dir="${OUT_DIR:-runs/isbi_seeds}"
 python="${PYTHON:-.venv/bin/python}"
 read -r -a seeds <<< "${SEEDS:-0 1 2}"
+lever="${EVAL_ONLY:-}"
+if [[ -n "$lever" && ! "$lever" =~ ^[A-Za-z0-9._+-]+$ ]]; then
+    echo "isbi_seeds.sh: EVAL_ONLY must be a plain name (letters, digits, . _ + -), got '$lever'" >&2
+    exit 2
+fi
+predictions="predictions${lever:+-$lever}"
+summary="$out_dir/seeds${lever:+-$lever}"
 if [[ ${#seeds[@]} == 0 ]]; then
     echo "isbi_seeds.sh: SEEDS is empty" >&2
     exit 2
@@ -24,12 +37,16 @@ for seed in "${seeds[@]}"; do
         exit 2
     fi
     dir="$out_dir/seed-$seed"
-    if [[ ! -f "$dir/predictions/metrics.json" ]]; then
+    if [[ -f "$dir/$predictions/metrics.json" ]]; then
+        :
+    elif [[ -n "$lever" ]]; then
+        echo "isbi_seeds.sh: seed $seed evaluated again into $dir/$predictions" >&2
+        OUT_DIR="$dir" TRAIN=0 PREDICTIONS="$predictions" bash scripts/isbi_recipe.sh
+    else
         echo "isbi_seeds.sh: seed $seed into $dir" >&2
         OUT_DIR="$dir" MODELS=1 bash scripts/isbi_recipe.sh --seed "$seed" "$@"
     fi
-    metrics+=("$dir/predictions/metrics.json")
+    metrics+=("$dir/$predictions/metrics.json")
 done
-"$python" scripts/seed_summary.py "${metrics[@]}" --json "$out_dir/seeds.json" \
-    | tee "$out_dir/seeds.md.tmp"
-mv "$out_dir/seeds.md.tmp" "$out_dir/seeds.md"
+"$python" scripts/seed_summary.py "${metrics[@]}" --json "$summary.json" | tee "$summary.md.tmp"
+mv "$summary.md.tmp" "$summary.md"

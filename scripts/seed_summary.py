@@ -70,9 +70,10 @@ def format_summary(summary, labels):
 
 
 def _label(path):
-    """The run's name: the folder above ``predictions/`` (``seed-0``), else the file's folder."""
+    """The run's name: the folder above ``predictions/`` or ``predictions-NAME/`` (``seed-0``),
+    else the file's folder."""
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(folder) == "predictions":
+    if os.path.basename(folder).split("-")[0] == "predictions":
         folder = os.path.dirname(folder)
     return os.path.basename(folder)
 

@@ -110,7 +110,8 @@ def _train_config(spec, folder, data):
                        num_epochs=WARMUP_EPOCHS + TIMED_EPOCHS, epoch_size=count,
                        num_workers=spec["workers"],
                        amp=spec["amp"], fast_norm=spec["fast_norm"],
-                       winograd=spec["winograd"], recompute=spec["recompute"], seed=0)
+                       winograd=spec["winograd"], recompute=spec["recompute"],
+                       mirror=spec["mirror"], seed=0)
 
 
 def epoch_reference_spec(spec):

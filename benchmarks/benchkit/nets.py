@@ -38,7 +38,7 @@ def build_net(spec, size, amp_init, training=False):
     spec["conv_kernel"] = net.conv_kernel
     spec["norm_kernel"] = _norm_kernel(net) if spec["norm"] == "layer" else "batch"
     net.initialize(initializer(), ctx=mx.cpu())
-    hybridize(net, spec["static"] and not spec["recompute"])
+    hybridize(net, spec["static"] and not spec["recompute"] and not spec["mirror"])
     return cfg, net
 
 

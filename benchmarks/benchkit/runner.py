@@ -14,12 +14,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1]   # bench.py's folder; the proj
 
 def child_env(spec):
     """The environment of a row's child: this one, the project on ``PYTHONPATH``, and the
-    variables of the row's levers (``--mirror``, ``--threads``, ``--env``, ...)."""
+    variables of the row's levers (``--threads``, ``--env``, ...)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS.parent),
                                                       env.get("PYTHONPATH")]))
-    if spec["mirror"]:
-        env["MXNET_BACKWARD_DO_MIRROR"] = "1"
     if not spec["fused_norm"] and spec["task"] == "epoch":
         env["UNET_NATIVE"] = "0"        # unet.training.loop builds with the kernels: turn them all off
     if spec["fuse"] and spec["norm"] == "layer":

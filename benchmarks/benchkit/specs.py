@@ -32,7 +32,7 @@ def variant_name(spec):
     if not spec["winograd"] or (spec["task"] == "epoch" and not spec["fused_norm"]):
         parts.append("direct-conv")     # an epoch row's --no-fused-norm turns both kernels off
     parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
-    if not spec["static"] and not spec["recompute"]:
+    if not spec["static"] and not spec["recompute"] and not spec["mirror"]:
         parts.append("dynamic")
     if spec["threads"]:
         parts.append(f"omp{spec['threads']}")
@@ -66,8 +66,10 @@ def settle_arguments(parser, args):
     """Refuse the flag combinations no row runs, apply ``--quick`` and the default sizes and
     channels (setting ``args.size_given`` and ``args.channels_given``), then
     :func:`check_arguments`. An error is ``parser.error`` (one line, exit 2)."""
-    if args.recompute and args.amp != "fp32":
-        parser.error("--recompute runs in fp32 only (as segmenter.py --recompute)")
+    if (args.recompute or args.mirror) and args.amp != "fp32":
+        parser.error("--recompute and --mirror run in fp32 only (as in segmenter.py)")
+    if args.recompute and args.mirror:
+        parser.error("--recompute and --mirror: choose one (as in segmenter.py)")
     if args.amp == "int8" and set(args.task) - {"infer", "tiled"}:
         parser.error("--amp int8 is for inference only: --task infer or tiled")
     if args.quick:

@@ -25,10 +25,15 @@ def run_train(spec):
     losses = []
     if spec["recompute"]:
         from unet.training.recompute import forward_backward
+    if spec["mirror"]:
+        from unet.training.mirror import MirroredSteps
+        mirrored = MirroredSteps(net, loss_fn)
 
     def step():
         if spec["recompute"]:
             loss = forward_backward(net, loss_fn, x, y, w)
+        elif spec["mirror"]:
+            loss, = mirrored([x], [y], [w])
         else:
             with autograd.record():
                 loss = loss_fn(net(x), y, w)

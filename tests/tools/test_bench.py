@@ -43,6 +43,17 @@ def test_json_rows_for_a_selected_subset():
     assert rows[1]["gflop"] == pytest.approx(3 * rows[0]["gflop"], rel=1e-3)
 
 
+def test_a_mirrored_training_row():
+    done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1", "--mirror",
+                      *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row, = json.loads(done.stdout)
+    assert row["status"] == "ok" and row["variant"] == "fp32 layer mirror", row
+    assert row["peak_rss_mb"] > 50 and 0 < row["last_loss"] < 10
+    both = run_script("--task", "train", "--mirror", "--recompute", *TINY)
+    assert both.returncode == 2 and "choose one" in both.stderr
+
+
 def test_data_epoch_and_tiled_rows():
     done = run_script("--json", "--task", "data", "epoch", "tiled", "--size", "32",
                       "--epoch-images", "2", "--workers", "0", "--tiled-image", "64", *TINY)
@@ -146,11 +157,11 @@ def test_variant_environment(bench):
                 winograd=False, fuse=True, mirror=True, recompute=False, static=False, threads=2,
                 env=["MALLOC_ARENA_MAX=2"])
     env = child_env(spec)
-    assert env["MXNET_BACKWARD_DO_MIRROR"] == "1" and env["OMP_NUM_THREADS"] == "2"
+    assert "MXNET_BACKWARD_DO_MIRROR" not in env and env["OMP_NUM_THREADS"] == "2"
     assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
     assert "UNET_NATIVE" not in env        # training rows pass the switches to build_unet
     assert variant_name(spec) == \
-        "bf16 layer-fast unfused direct-conv fuse mirror dynamic omp2 MALLOC_ARENA_MAX=2"
+        "bf16 layer-fast unfused direct-conv fuse mirror omp2 MALLOC_ARENA_MAX=2"
     # Epoch rows train through unet.training.loop, which builds with the kernels: the switch is global.
     assert child_env(dict(spec, task="epoch"))["UNET_NATIVE"] == "0"
     assert "UNET_NATIVE" not in child_env(dict(spec, task="epoch", fused_norm=True))

@@ -53,11 +53,12 @@ def test_a_bad_metrics_file_is_one_line_and_exit_2(tmp_path, content, message):
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
-def run_seeds(tmp_path, data, seeds):
+def run_seeds(tmp_path, data, seeds, **env_extra):
     tiny = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--num-epochs", "1",
             "--epoch-size", "4", "--num-workers", "0"]
     env = dict(os.environ, DATA_DIR=str(data), OUT_DIR=str(tmp_path / "out"),
-               PYTHON=sys.executable, TTA="0", OVERLAP="8", SEEDS=seeds, OMP_NUM_THREADS="1")
+               PYTHON=sys.executable, TTA="0", OVERLAP="8", SEEDS=seeds, OMP_NUM_THREADS="1",
+               **env_extra)
     return subprocess.run(["bash", os.path.join(ROOT, "scripts", "isbi_seeds.sh"), *tiny],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -79,3 +80,33 @@ def test_the_recipe_per_seed_then_its_summary(tmp_path):
     assert again.stdout.strip() == table.strip()
     bad = run_seeds(tmp_path, data, "0 x")
     assert bad.returncode == 2 and "seeds must be non-negative integers" in bad.stderr
+
+
+def test_a_lever_of_the_evaluation_on_the_seeds_already_trained(tmp_path):
+    from unet.data.demo import generate_demo_dataset
+    data = tmp_path / "data"
+    generate_demo_dataset(data, seed=3, size=64, n_train=4, n_validate=2, n_test=1)
+    assert run_seeds(tmp_path, data, "0 1").returncode == 0
+    out = tmp_path / "out"
+    trained = {s: (out / f"seed-{s}" / "unet.params").stat().st_mtime_ns for s in (0, 1)}
+    # The best and the last checkpoint averaged, at another threshold: evaluated, not trained.
+    lever = run_seeds(tmp_path, data, "0 1", EVAL_ONLY="both-0.3",
+                      CHECKPOINTS="unet.params unet-last.params", EVAL_FLAGS="--threshold 0.3")
+    assert lever.returncode == 0, lever.stderr[-3000:]
+    assert "evaluated again" in lever.stderr and "seed 0 into" not in lever.stderr
+    for seed in (0, 1):
+        assert (out / f"seed-{seed}" / "unet.params").stat().st_mtime_ns == trained[seed]
+        metrics = json.loads((out / f"seed-{seed}" / "predictions-both-0.3" / "metrics.json")
+                             .read_text())
+        assert metrics["mean"]["v_rand"] >= 0
+    table = (out / "seeds-both-0.3.md").read_text()
+    assert table.splitlines()[0].endswith("| seed-0 | seed-1 |")
+    assert json.loads((out / "seeds-both-0.3.json").read_text())["runs"][0].endswith(
+        os.path.join("seed-0", "predictions-both-0.3", "metrics.json"))
+    # The original predictions and summary are untouched.
+    assert (out / "seeds.md").read_text() != "" and (out / "seed-0" / "predictions").is_dir()
+    missing = run_seeds(tmp_path, data, "0", EVAL_ONLY="none", CHECKPOINTS="nothing.params")
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and "no checkpoint" in lines[-1], missing.stderr
+    bad = run_seeds(tmp_path, data, "0", EVAL_ONLY="a/b")
+    assert bad.returncode == 2 and "EVAL_ONLY must be a plain name" in bad.stderr

@@ -76,13 +76,14 @@ def test_resume_equals_straight_run(tmp_path, demo):
     assert len(os.listdir(split / "logs")) == 1
 
 
-def test_recompute_trains_the_same_weights_as_a_plain_run(tmp_path, demo):
+@pytest.mark.parametrize("flag", ["--recompute", "--mirror"])
+def test_recomputing_trains_the_same_weights_as_a_plain_run(tmp_path, demo, flag):
     # One epoch with BatchNorm: the same updates, running statistics included, within float noise.
     code, plain = run(["--num-epochs", "1"], tmp_path / "plain", demo)
     assert code == 0
-    code, recomputed = run(["--num-epochs", "1", "--recompute"], tmp_path / "rc", demo)
+    code, recomputed = run(["--num-epochs", "1", flag], tmp_path / "rc", demo)
     assert code == 0
-    assert read_meta(recomputed)["training"]["recompute"] is True
+    assert read_meta(recomputed)["training"][flag[2:]] is True
     pa, pb = params_of(last_path(plain)), params_of(last_path(recomputed))
     assert pa.keys() == pb.keys()
     for key in pa:

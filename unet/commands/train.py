@@ -124,6 +124,13 @@ def build_parser():
                         "less training memory for more time (default model at 512x512: 3.3 GB "
                         "and 2.6x the step time instead of 5.3 GB; with --no-winograd 2.6 GB); "
                         "fp32 only, not with --dropout")
+    t.add_argument("--mirror", action="store_true",
+                   help="keep the convolutions' outputs and recompute the cheap ops "
+                        "(normalization, activation, pooling, concatenation) during backward, "
+                        "on MXNet's graph executor with one memory plan for forward and backward "
+                        "(unet/training/mirror.py): less training memory at about the same step "
+                        "time (measured in docs/records/speed.md); fp32 only, not the "
+                        "reference's")
     t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights, moving by 1 - DECAY "
                         "toward them at every update (e.g. 0.99: about the last 100 updates); "
@@ -194,7 +201,8 @@ def train_config(args):
         distance_clip=args.distance_clip, augment=not args.no_augment,
         geometry=args.geometry,
         num_workers=args.num_workers, amp=args.amp, fast_norm=args.fast_norm,
-        winograd=not args.no_winograd, recompute=args.recompute, log_images=args.log_images,
+        winograd=not args.no_winograd, recompute=args.recompute, mirror=args.mirror,
+        log_images=args.log_images,
         histograms=not args.no_histograms, time_limit=args.time_limit,
         select_by=args.select_by, ema=args.ema)
 

@@ -68,6 +68,7 @@ class TrainConfig:
     fast_norm: bool = False
     winograd: bool = True
     recompute: bool = False
+    mirror: bool = False
     log_images: int = 3
     histograms: bool = True
     time_limit: Optional[float] = None
@@ -123,6 +124,10 @@ class TrainConfig:
             (not (self.recompute and self.amp != "fp32"), "recompute runs in fp32 only (with "
              "mixed precision MXNet 1.9.1 fails the recomputed backward: 'Backward shape "
              "inconsistent')", self.amp),
+            (not (self.mirror and self.recompute), "mirror and recompute are two ways to "
+             "recompute in backward: choose one", self.mirror),
+            (not (self.mirror and self.amp != "fp32"), "mirror runs in fp32 only (its executor "
+             "takes no mixed-precision graph)", self.amp),
             (self.channels is None or self.channels in (1, 3), "channels must be 1 or 3",
              self.channels),
             (0.0 <= self.ema < 1.0, "ema must be in [0, 1) (0: off)", self.ema),

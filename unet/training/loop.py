@@ -32,6 +32,7 @@ from ..checkpoints.lock import RunLock
 from .losses import SegmentationLoss
 from ..model.network import build_unet, initializer
 from ..model.precision import init_amp, uses_loss_scaling
+from .mirror import MirroredSteps
 from .recompute import use_lean_allocator
 from ..checkpoints.saver import CheckpointSaver
 from .steps import train_epoch
@@ -247,6 +248,7 @@ class _Run:
                      "distance to the boundary (clipped at %d px)", cfg.loss, cfg.distance_weight,
                      cfg.distance_clip)
         self.loss_fn.hybridize()
+        self.mirrored = MirroredSteps(self.net, self.loss_fn) if cfg.mirror else None
         self.tb = TrainingLog(cfg.log_dir, self.state.run_name, enabled=self.is_chief)
         if self.is_chief:
             log.info("TensorBoard run folder: %s", self.tb.folder)
@@ -262,7 +264,9 @@ class _Run:
                               winograd=on_cpu and cfg.winograd and cfg.amp == "fp32")
         self.net.initialize(initializer(), ctx=self.ctx)
         # A static CachedOp keeps all of its memory between steps: no use recomputing then.
-        static = not cfg.recompute
+        # With --mirror the steps run on MXNet's executor and the block only validates: its
+        # memory is then freed after each validation.
+        static = not (cfg.recompute or cfg.mirror)
         self.net.hybridize(static_alloc=static, static_shape=static)
         kwargs = trainer_kwargs(cfg.kvstore) or {"update_on_kvstore": False}
         if cfg.ema:
@@ -314,7 +318,7 @@ class _Run:
             self.trainer.set_learning_rate(lr)
             loss, seconds = train_epoch(self.net, self.trainer, self.loss_fn,
                                         self.loader.epoch(epoch), self.ctx, cfg, state, self.tb,
-                                        epoch, self.num_workers)
+                                        epoch, self.num_workers, self.mirrored)
             state.epoch = epoch + 1
             if self.is_chief:
                 self._end_epoch(epoch, lr, loss, len(self.dataset) / max(seconds, 1e-9))

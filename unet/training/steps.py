@@ -19,8 +19,10 @@ from ..model.precision import uses_loss_scaling
 from .recompute import forward_backward
 
 
-def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_workers):
-    """One pass over ``loader``; returns (mean loss, seconds)."""
+def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_workers,
+                mirrored=None):
+    """One pass over ``loader``; returns (mean loss, seconds). ``mirrored``: the
+    :class:`~unet.training.mirror.MirroredSteps` of ``net`` with ``cfg.mirror``."""
     total, count, start = 0.0, 0, time.time()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", unit="batch", leave=False,
                disable=None)
@@ -28,7 +30,7 @@ def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_w
         n = image.shape[0]
         parts = [split_batch(a, ctx) for a in (image, label, weight)] if len(ctx) > 1 else \
             [[mx.nd.array(a, ctx=ctx[0])] for a in (image, label, weight)]
-        losses = batch_gradients(net, trainer, loss_fn, parts, cfg)
+        losses = batch_gradients(net, trainer, loss_fn, parts, cfg, mirrored)
         trainer.step(n * num_workers)
         value = sum(float(l.sum().asscalar()) for l in losses) / n
         if not math.isfinite(value):
@@ -48,9 +50,12 @@ def train_epoch(net, trainer, loss_fn, loader, ctx, cfg, state, tb, epoch, num_w
     return total / max(count, 1), time.time() - start
 
 
-def batch_gradients(net, trainer, loss_fn, parts, cfg):
+def batch_gradients(net, trainer, loss_fn, parts, cfg, mirrored=None):
     """Loss and gradients of one batch, ``parts`` = (images, labels, weights) per context;
-    returns the per-context losses."""
+    returns the per-context losses. With ``mirrored`` (``cfg.mirror``) the step runs on its
+    executors."""
+    if mirrored is not None:
+        return mirrored(*parts)
     if cfg.recompute:       # fp32 only (TrainConfig checks it)
         return [forward_backward(net, loss_fn, x, y, w) for x, y, w in zip(*parts)]
     with autograd.record():
