@@ -38,7 +38,8 @@ def build_net(spec, size, amp_init, training=False):
     spec["conv_kernel"] = net.conv_kernel
     spec["norm_kernel"] = _norm_kernel(net) if spec["norm"] == "layer" else "batch"
     net.initialize(initializer(), ctx=mx.cpu())
-    hybridize(net, spec["static"] and not spec["recompute"] and not spec["mirror"])
+    # --mirror trains on MXNet's executor: the block then only infers (validation), unpinned.
+    hybridize(net, spec["static"] and not spec["recompute"] and not (spec["mirror"] and training))
     return cfg, net
 
 

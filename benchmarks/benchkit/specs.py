@@ -31,8 +31,11 @@ def variant_name(spec):
         parts.append("unfused")
     if not spec["winograd"] or (spec["task"] == "epoch" and not spec["fused_norm"]):
         parts.append("direct-conv")     # an epoch row's --no-fused-norm turns both kernels off
-    parts += [flag for flag in ("fuse", "mirror", "recompute") if spec[flag]]
-    if not spec["static"] and not spec["recompute"] and not spec["mirror"]:
+    training = spec["task"] in ("train", "epoch")
+    # --mirror changes training only; an inference row with it is the default's.
+    parts += [flag for flag in ("fuse", "mirror", "recompute")
+              if spec[flag] and (flag != "mirror" or training)]
+    if not spec["static"] and not spec["recompute"] and not (spec["mirror"] and training):
         parts.append("dynamic")
     if spec["threads"]:
         parts.append(f"omp{spec['threads']}")

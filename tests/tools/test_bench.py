@@ -43,13 +43,18 @@ def test_json_rows_for_a_selected_subset():
     assert rows[1]["gflop"] == pytest.approx(3 * rows[0]["gflop"], rel=1e-3)
 
 
-def test_a_mirrored_training_row():
+def test_a_mirrored_training_row(bench):
     done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1", "--mirror",
                       *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
     row, = json.loads(done.stdout)
     assert row["status"] == "ok" and row["variant"] == "fp32 layer mirror", row
     assert row["peak_rss_mb"] > 50 and 0 < row["last_loss"] < 10
+    from benchkit.specs import variant_name
+    infer = dict(task="infer", amp="fp32", norm="layer", fast_norm=False, fused_norm=True,
+                 winograd=True, fuse=False, mirror=True, recompute=False, static=True,
+                 threads=0, env=[])
+    assert variant_name(infer) == "fp32 layer"      # inference rows are the default's
     both = run_script("--task", "train", "--mirror", "--recompute", *TINY)
     assert both.returncode == 2 and "choose one" in both.stderr
 
