@@ -36,14 +36,18 @@ def fsync_dir(folder):
         os.close(fd)
 
 
+def _temp_name(path):
+    """(folder, prefix, suffix) of the temporary files of ``path``: ``.NAME.XXXX.tmp.SUFFIX``."""
+    path = os.fsdecode(path)        # bytes paths too (non-UTF-8 names come as surrogates)
+    base = os.path.basename(path)
+    return os.path.dirname(os.path.abspath(path)), f".{base}.", f".tmp{os.path.splitext(base)[1]}"
+
+
 def temp_path_beside(path):
     """A new empty file in ``path``'s folder (so that a rename onto ``path`` is atomic), with the
     usual file mode; its hidden name keeps ``path``'s suffix: ``.NAME.XXXX.tmp.SUFFIX``."""
-    path = os.fsdecode(path)        # bytes paths too (non-UTF-8 names come as surrogates)
-    folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    suffix = os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
+    folder, prefix, suffix = _temp_name(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the usual file mode
     return tmp
@@ -52,10 +56,9 @@ def temp_path_beside(path):
 def remove_temps_beside(path):
     """Delete the temporary files of :func:`temp_path_beside` that writes of ``path`` killed
     before their rename left behind; call it only while nothing else writes ``path``."""
-    folder, base = os.path.split(os.path.abspath(os.fsdecode(path)))
-    suffix = os.path.splitext(base)[1]
-    for leftover in glob.glob(os.path.join(glob.escape(folder),
-                                           f".{glob.escape(base)}.*.tmp{suffix}")):
+    folder, prefix, suffix = _temp_name(path)
+    pattern = glob.escape(prefix) + "*" + glob.escape(suffix)
+    for leftover in glob.glob(os.path.join(glob.escape(folder), pattern)):
         os.remove(leftover)
 
 

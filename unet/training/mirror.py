@@ -40,14 +40,12 @@ DATA, LABEL, WEIGHT = "data", "label", "pixel_weight"
 
 def mark_for_recompute(symbol, ops=CHEAP_OPS):
     """``symbol`` with MXNet's ``__force_mirroring__`` attribute on every node whose op is in
-    ``ops``; returns ``(Symbol, number of nodes marked)``."""
+    ``ops``."""
     graph = json.loads(symbol.tojson())
-    marked = 0
     for node in graph["nodes"]:
         if node["op"] in ops:
             node.setdefault("attrs", {})["__force_mirroring__"] = "True"
-            marked += 1
-    return mx.sym.load_json(json.dumps(graph)), marked
+    return mx.sym.load_json(json.dumps(graph))
 
 
 def loss_symbol(net, loss_fn):
@@ -56,7 +54,7 @@ def loss_symbol(net, loss_fn):
     with the cheap ops marked for recomputation."""
     data, label, weight = (mx.sym.var(name) for name in (DATA, LABEL, WEIGHT))
     loss = mx.sym.MakeLoss(loss_fn(net(data), label, weight))
-    return mark_for_recompute(loss)[0]
+    return mark_for_recompute(loss)
 
 
 class MirroredSteps:
@@ -83,11 +81,11 @@ class MirroredSteps:
 
     def __call__(self, images, labels, weights):
         """Gradients of one batch; returns the per-context losses ``(N,)``."""
-        self._complete_shapes(images[0])
         losses = []
         for x, y, w in zip(images, labels, weights):
-            executor = self._executor(x, y, w)
-            for name, array in ((DATA, x), (LABEL, y), (WEIGHT, w)):
+            inputs = {DATA: x, LABEL: y, WEIGHT: w}
+            executor = self._executor(inputs)
+            for name, array in inputs.items():
                 array.copyto(executor.arg_dict[name])
             executor.forward(is_train=True)
             executor.backward()
@@ -109,14 +107,16 @@ class MirroredSteps:
             with mx.autograd.pause():
                 self.net(x[:1]).wait_to_read()
 
-    def _executor(self, x, y, w):
-        key = (x.context, x.shape, y.shape, w.shape)
+    def _executor(self, inputs):
+        """The executor of this batch's context and shapes, bound on first use."""
+        ctx = inputs[DATA].context
+        key = (ctx,) + tuple(array.shape for array in inputs.values())
         if key not in self._executors:
-            ctx = x.context
+            self._complete_shapes(inputs[DATA])
             args, grads, reqs = {}, {}, {}
             for name in self.symbol.list_arguments():
-                if name in (DATA, LABEL, WEIGHT):
-                    args[name] = mx.nd.zeros({DATA: x, LABEL: y, WEIGHT: w}[name].shape, ctx)
+                if name in inputs:
+                    args[name] = mx.nd.zeros(inputs[name].shape, ctx)
                     reqs[name] = "null"
                     continue
                 param = self.params[name]
