@@ -91,9 +91,11 @@ def _add_variant_flags(g):
                         "of segmenter.py and evaluate.py on CPUs")
     g.add_argument("--fuse", action="store_true",
                    help="inference: oneDNN subgraph fusion (optimize_for backend MKLDNN)")
-    g.add_argument("--mirror", action="store_true",
-                   help="training as segmenter.py --mirror: the step on MXNet's graph executor, "
-                        "the cheap ops recomputed in backward (unet.training.mirror)")
+    g.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="training as segmenter.py: the step on MXNet's graph executor, the cheap "
+                        "ops recomputed in backward (unet.training.mirror); default on in fp32 "
+                        "without --recompute, as segmenter.py; --no-mirror: the hybridized "
+                        "block's static CachedOp step")
     g.add_argument("--recompute", action="store_true",
                    help="training as segmenter.py --recompute: keep a few activations, "
                         "recompute the rest in backward, no static_alloc, lean allocator "

@@ -32,9 +32,10 @@ def variant_name(spec):
     if not spec["winograd"] or (spec["task"] == "epoch" and not spec["fused_norm"]):
         parts.append("direct-conv")     # an epoch row's --no-fused-norm turns both kernels off
     training = spec["task"] in ("train", "epoch")
-    # --mirror changes training only; an inference row with it is the default's.
-    parts += [flag for flag in ("fuse", "mirror", "recompute")
-              if spec[flag] and (flag != "mirror" or training)]
+    parts += [flag for flag in ("fuse", "recompute") if spec[flag]]
+    # Mirroring is the default of fp32 training without --recompute, and changes training only.
+    if training and not spec["mirror"] and spec["amp"] == "fp32" and not spec["recompute"]:
+        parts.append("no-mirror")
     if not spec["static"] and not spec["recompute"] and not (spec["mirror"] and training):
         parts.append("dynamic")
     if spec["threads"]:
@@ -73,6 +74,8 @@ def settle_arguments(parser, args):
         parser.error("--recompute and --mirror run in fp32 only (as in segmenter.py)")
     if args.recompute and args.mirror:
         parser.error("--recompute and --mirror: choose one (as in segmenter.py)")
+    if args.mirror is None:     # as segmenter.py: on wherever it can run
+        args.mirror = args.amp == "fp32" and not args.recompute
     if args.amp == "int8" and set(args.task) - {"infer", "tiled"}:
         parser.error("--amp int8 is for inference only: --task infer or tiled")
     if args.quick:

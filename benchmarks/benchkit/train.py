@@ -10,7 +10,9 @@ def run_train(spec):
     Returns
     -------
     dict
-        ``first_ms``, ``times_ms``, ``gflop`` (3x the forward's) and ``last_loss``.
+        ``first_ms``, ``times_ms``, ``gflop`` (3x the forward's), ``last_loss`` and ``step``: how
+        the step ran ('mirror': MXNet's executor, unet.training.mirror; 'recompute';
+        'cachedop': the hybridized block).
     """
     import mxnet as mx
     from mxnet import autograd, gluon
@@ -44,4 +46,5 @@ def run_train(spec):
 
     first, times = timed(step, spec["warmup"], spec["repeat"])
     return dict(first_ms=first, times_ms=times, gflop=3 * spec["batch"] * conv_gflop(
-        cfg, spec["size"], spec["size"]), last_loss=losses[-1])
+        cfg, spec["size"], spec["size"]), last_loss=losses[-1],
+        step="recompute" if spec["recompute"] else "mirror" if spec["mirror"] else "cachedop")

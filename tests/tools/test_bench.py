@@ -43,20 +43,29 @@ def test_json_rows_for_a_selected_subset():
     assert rows[1]["gflop"] == pytest.approx(3 * rows[0]["gflop"], rel=1e-3)
 
 
-def test_a_mirrored_training_row(bench):
-    done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1", "--mirror",
-                      *TINY)
+def test_training_rows_mirror_by_default_as_segmenter(bench):
+    done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1", *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
     row, = json.loads(done.stdout)
-    assert row["status"] == "ok" and row["variant"] == "fp32 layer mirror", row
-    assert row["peak_rss_mb"] > 50 and 0 < row["last_loss"] < 10
+    assert row["status"] == "ok" and row["variant"] == "fp32 layer", row
+    assert row["step"] == "mirror" and row["peak_rss_mb"] > 50 and 0 < row["last_loss"] < 10
+    done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1",
+                      "--no-mirror", *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain, = json.loads(done.stdout)
+    assert plain["variant"] == "fp32 layer no-mirror" and plain["step"] == "cachedop", plain
+    # The same updates either way (the same random batch and initialization).
+    assert plain["last_loss"] == pytest.approx(row["last_loss"], rel=1e-4)
     from benchkit.specs import variant_name
     infer = dict(task="infer", amp="fp32", norm="layer", fast_norm=False, fused_norm=True,
                  winograd=True, fuse=False, mirror=True, recompute=False, static=True,
                  threads=0, env=[])
     assert variant_name(infer) == "fp32 layer"      # inference rows are the default's
+    assert variant_name(dict(infer, mirror=False)) == "fp32 layer"
     both = run_script("--task", "train", "--mirror", "--recompute", *TINY)
     assert both.returncode == 2 and "choose one" in both.stderr
+    bf16 = run_script("--task", "train", "--mirror", "--amp", "bf16", *TINY)
+    assert bf16.returncode == 2 and "fp32 only" in bf16.stderr
 
 
 def test_data_epoch_and_tiled_rows():
@@ -159,14 +168,14 @@ def test_variant_environment(bench):
     from benchkit.runner import child_env
     from benchkit.specs import variant_name
     spec = dict(task="train", amp="bf16", norm="layer", fast_norm=True, fused_norm=False,
-                winograd=False, fuse=True, mirror=True, recompute=False, static=False, threads=2,
+                winograd=False, fuse=True, mirror=False, recompute=False, static=False, threads=2,
                 env=["MALLOC_ARENA_MAX=2"])
     env = child_env(spec)
     assert "MXNET_BACKWARD_DO_MIRROR" not in env and env["OMP_NUM_THREADS"] == "2"
     assert env["MALLOC_ARENA_MAX"] == "2" and env["MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"] == "1"
     assert "UNET_NATIVE" not in env        # training rows pass the switches to build_unet
     assert variant_name(spec) == \
-        "bf16 layer-fast unfused direct-conv fuse mirror omp2 MALLOC_ARENA_MAX=2"
+        "bf16 layer-fast unfused direct-conv fuse dynamic omp2 MALLOC_ARENA_MAX=2"
     # Epoch rows train through unet.training.loop, which builds with the kernels: the switch is global.
     assert child_env(dict(spec, task="epoch"))["UNET_NATIVE"] == "0"
     assert "UNET_NATIVE" not in child_env(dict(spec, task="epoch", fused_norm=True))

@@ -79,9 +79,12 @@ def test_resume_equals_straight_run(tmp_path, demo):
 @pytest.mark.parametrize("flag", ["--recompute", "--mirror"])
 def test_recomputing_trains_the_same_weights_as_a_plain_run(tmp_path, demo, flag):
     # One epoch with BatchNorm: the same updates, running statistics included, within float noise.
-    code, plain = run(["--num-epochs", "1"], tmp_path / "plain", demo)
+    # The plain run is the hybridized block's step (--no-mirror); mirroring is the default.
+    code, plain = run(["--num-epochs", "1", "--no-mirror"], tmp_path / "plain", demo)
     assert code == 0
-    code, recomputed = run(["--num-epochs", "1", flag], tmp_path / "rc", demo)
+    assert read_meta(plain)["training"]["mirror"] is False
+    code, recomputed = run(["--num-epochs", "1"] + ([flag] if flag == "--recompute" else []),
+                           tmp_path / "rc", demo)
     assert code == 0
     assert read_meta(recomputed)["training"][flag[2:]] is True
     pa, pb = params_of(last_path(plain)), params_of(last_path(recomputed))

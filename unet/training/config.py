@@ -23,7 +23,10 @@ class TrainConfig:
     Defaults: Adam at 1e-3 (no decay: ``lr_schedule`` 'step' with no ``lr_decay_epoch``), batch 2,
     50 epochs, softmax cross-entropy, augmentation on (geometry 'elastic'), 2 loader workers, fp32,
     no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that would
-    be expected to end past it). ``winograd``: in fp32 on CPUs, the 3x3 convolutions on the
+    be expected to end past it). ``mirror``: the steps on MXNet's graph executor with the cheap ops
+    recomputed in backward (:mod:`unet.training.mirror`); default None: on wherever it can run
+    (fp32 without ``recompute``), the same gradients as the hybridized block's step in less
+    memory; False: the hybridized block's step (static CachedOp), as the reference. ``winograd``: in fp32 on CPUs, the 3x3 convolutions on the
     compiled Winograd kernel (:mod:`unet.model.winograd`) where it is available. ``select_by``:
     the validation score whose best epoch is the best checkpoint, one of :data:`SELECT_BY`
     (default 'dice', the reference's; 'v_rand' and 'v_info', the ISBI 2012 challenge's scores
@@ -68,7 +71,7 @@ class TrainConfig:
     fast_norm: bool = False
     winograd: bool = True
     recompute: bool = False
-    mirror: bool = False
+    mirror: Optional[bool] = None
     log_images: int = 3
     histograms: bool = True
     time_limit: Optional[float] = None
@@ -76,6 +79,8 @@ class TrainConfig:
     ema: float = 0.0
 
     def __post_init__(self):
+        if self.mirror is None:
+            self.mirror = self.amp == "fp32" and not self.recompute
         self.validate()
 
     def validate(self):
