@@ -10,7 +10,7 @@ import pytest
 
 import segmenter
 from unet.model.config import ModelConfig
-from unet.model.network import build_unet, count_parameters, initializer
+from unet.model.network import build_unet, count_parameters, finish_deferred_init, initializer
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "summary-3x512x512.txt")
 
@@ -102,6 +102,33 @@ def test_grid_shapes_counts_and_hybridize(make_net, capsys, norm, residual, drop
     net.hybridize()
     hybrid = net(x)
     np.testing.assert_allclose(hybrid.asnumpy(), imperative.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_deferred_shapes_finish_without_a_forward_pass(hybridize):
+    # The layer norms' width comes from the input; shape inference gives the same parameters
+    # (same seed, same draws) as the first forward pass would.
+    config = ModelConfig(in_channels=1, base_channels=4, depth=2, image_size=32)
+    nets = []
+    for by_inference in (True, False):
+        mx.random.seed(3)
+        net = build_unet(config)
+        net.initialize(initializer(), ctx=[mx.cpu(0), mx.cpu(1)])
+        if hybridize:
+            net.hybridize()
+        if by_inference:
+            finish_deferred_init(net, (1, 1, 32, 32))
+        else:
+            net(mx.nd.zeros((1, 1, 32, 32), ctx=mx.cpu(0)))
+        nets.append(net)
+    by_inference, by_forward = (n.collect_params() for n in nets)
+    assert count_parameters(nets[0]) == count_parameters(nets[1])
+    for (name, a), b in zip(by_inference.items(), by_forward.values()):
+        assert a.shape == b.shape, name
+        for ctx in (mx.cpu(0), mx.cpu(1)):
+            np.testing.assert_array_equal(a.data(ctx).asnumpy(), b.data(ctx).asnumpy(), name)
+    finish_deferred_init(nets[0], (1, 1, 32, 32))       # nothing left to do: unchanged
+    assert nets[0](mx.nd.ones((2, 1, 32, 32))).shape == (2, 2, 32, 32)
 
 
 def test_batch_norm_model_accepts_any_valid_size(make_net):

@@ -17,7 +17,7 @@ import time
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 from ..checkpoints import files, loading, writing
 from ..core import faults
@@ -30,7 +30,7 @@ from ..core.held_logs import held_info_lines
 from ..inference.segmenter import contexts as device_contexts
 from ..checkpoints.lock import RunLock
 from .losses import SegmentationLoss
-from ..model.network import build_unet, initializer
+from ..model.network import build_unet, finish_deferred_init, initializer
 from ..model.precision import init_amp, uses_loss_scaling
 from .mirror import MirroredSteps
 from .recompute import use_lean_allocator
@@ -232,13 +232,11 @@ class _Run:
                      self.state.best_score, self.state.best_epoch)
         checks_passed()
         if self.is_dist:
-            # LayerNorm shapes are deferred until a forward pass; rank 0's weights go to all.
-            # Recorded: an inference-mode forward rewrites conv weights into a oneDNN layout
-            # the dist kvstore cannot send. Same seed everywhere, so the same batch everywhere.
+            # LayerNorm shapes are deferred until the input's width is known; rank 0's weights
+            # go to all. By shape inference, not a forward pass: an inference-mode forward
+            # rewrites conv weights into a oneDNN layout the dist kvstore cannot send.
             size = model_cfg.image_size
-            with autograd.record():
-                self.net(mx.nd.random.normal(shape=(1, model_cfg.in_channels, size, size),
-                                             ctx=self.ctx[0]))
+            finish_deferred_init(self.net, (1, model_cfg.in_channels, size, size))
             sync_initial_params(self.trainer)
         self.loss_fn = SegmentationLoss(cfg.loss, model_cfg.num_classes, cfg.class_weights,
                                         distance_weight=cfg.distance_weight,

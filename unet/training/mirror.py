@@ -27,7 +27,8 @@ import json
 import os
 
 import mxnet as mx
-from mxnet.gluon.parameter import DeferredInitializationError
+
+from ..model.network import finish_deferred_init
 
 #: The ops recomputed during backward: the compiled layer norm, the activation, pooling and the
 #: decoder's concatenation. Not BatchNorm (its running statistics would move twice), nor MXNet's
@@ -97,22 +98,12 @@ class MirroredSteps:
                     data._fresh_grad = True
         return losses
 
-    def _complete_shapes(self, x):
-        # Deferred parameter shapes (a layer norm's width) come from one forward pass of a
-        # single sample, as in a plain step's first call.
-        try:
-            for param in self.params.values():
-                param.list_data()
-        except DeferredInitializationError:
-            with mx.autograd.pause():
-                self.net(x[:1]).wait_to_read()
-
     def _executor(self, inputs):
         """The executor of this batch's context and shapes, bound on first use."""
         ctx = inputs[DATA].context
         key = (ctx,) + tuple(array.shape for array in inputs.values())
         if key not in self._executors:
-            self._complete_shapes(inputs[DATA])
+            finish_deferred_init(self.net, (1,) + inputs[DATA].shape[1:])
             args, grads, reqs = {}, {}, {}
             for name in self.symbol.list_arguments():
                 if name in inputs:
