@@ -55,6 +55,9 @@ def _add_result(row, spec, result):
     row.update(ms_median=round(ms, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
                repeat=len(times), times_ms=[round(t, 2) for t in times],
                peak_rss_mb=round(peak_rss_mb(), 1), status="ok")
+    if spec.get("conv_kernel", "").startswith("winograd"):
+        from unet.model.native import conv3x3_buffers_mb
+        row["winograd_buffers_mb"] = conv3x3_buffers_mb()
     if CPU_MS and spec["task"] in STEP_TASKS:
         row["cpu_ms_median"] = round(median(CPU_MS), 2)
     if "gflop" in result:

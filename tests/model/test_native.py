@@ -255,8 +255,11 @@ def test_winograd_conv_matches_mxnet_convolution(conv_kernel, n, c, k, h, w):
     _assert_close(mx.nd.unet_conv3x3(x, weight, bias).asnumpy(), _convolution(x, weight, bias))
 
 
-@pytest.mark.parametrize("n, c, k, h, w", [(2, 3, 8, 20, 36), (1, 16, 32, 32, 32),
-                                           (2, 64, 64, 16, 24)])
+# Every algorithm a pass can take: direct everywhere (fewer than 16 channels; at most 256
+# pixels), Winograd but the weight gradient (at most 32x32 pixels), Winograd everywhere.
+@pytest.mark.parametrize("n, c, k, h, w", [(2, 3, 8, 20, 36), (1, 32, 48, 8, 12),
+                                           (1, 16, 32, 32, 32), (2, 64, 64, 16, 24),
+                                           (1, 32, 16, 40, 40)])
 def test_winograd_training_conv_matches_mxnet_convolution_and_its_gradients(conv_kernel, n, c, k,
                                                                               h, w):
     rng = np.random.default_rng(3)
@@ -267,6 +270,17 @@ def test_winograd_training_conv_matches_mxnet_convolution_and_its_gradients(conv
     _assert_same_forward_backward(
         lambda *a: mx.nd.Convolution(*a, kernel=(3, 3), pad=(1, 1), num_filter=k),
         mx.nd.unet_conv3x3_train, (x, weight, bias), head, ("y", "dx", "dweight", "dbias"), 1e-5)
+
+
+def test_the_kernel_reports_its_buffers(conv_kernel):
+    from unet.model.native import conv3x3_buffers_mb
+    x, weight, bias = mx.nd.ones((1, 64, 40, 40)), mx.nd.ones((64, 64, 3, 3)), mx.nd.ones(64)
+    mx.nd.unet_conv3x3(x, weight, bias).wait_to_read()
+    buffers = conv3x3_buffers_mb()
+    # In MiB to 0.1: the data and the output in oneDNN's blocked layout (0.78 MiB), the weights
+    # transformed (0.14 MiB plain).
+    assert buffers["layouts"] >= 0.7 and buffers["scratchpad"] > 0
+    assert buffers["transformed_weights"] >= 0.2
 
 
 def test_winograd_block_adds_up_gradients_where_asked(conv_kernel):

@@ -49,6 +49,9 @@ def test_training_rows_mirror_by_default_as_segmenter(bench):
     row, = json.loads(done.stdout)
     assert row["status"] == "ok" and row["variant"] == "fp32 layer", row
     assert row["step"] == "mirror" and row["peak_rss_mb"] > 50 and 0 < row["last_loss"] < 10
+    if row["conv_kernel"] == "winograd":        # what the kernel holds beside MXNet's arrays
+        buffers = row["winograd_buffers_mb"]
+        assert buffers["layouts"] > 0 and buffers["transformed_weights"] == 0, buffers
     done = run_script("--json", "--task", "train", "--size", "64", "--channels", "1",
                       "--no-mirror", *TINY)
     assert done.returncode == 0, done.stderr[-2000:]

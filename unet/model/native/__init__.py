@@ -212,6 +212,21 @@ def conv3x3_available():
     return available(CONV3X3)
 
 
+def conv3x3_buffers_mb():
+    """What the loaded Winograd kernel holds besides MXNet's arrays, in MiB: ``layouts`` (tensors
+    in its own memory layouts), ``scratchpad`` (the primitives' work space), both grown to the
+    largest layer so far, and ``transformed_weights`` (inference's cache); None when the kernel
+    is not loaded in this process."""
+    if not loaded(CONV3X3):
+        return None
+    # The library MXNet loaded: dlopen returns the same handle, so the same buffers.
+    query = ctypes.CDLL(str(library_path(CONV3X3))).unet_conv3x3_buffer_bytes
+    query.restype, query.argtypes = ctypes.c_size_t, [ctypes.c_int]
+    mib = [query(slot) / 2 ** 20 for slot in range(6)]
+    return {"layouts": round(sum(mib[:4]), 1), "scratchpad": round(mib[4], 1),
+            "transformed_weights": round(mib[5], 1)}
+
+
 def _probe(path, function):
     """Call the library's exported ``int function(void)`` (before MXNet loads it); a library that
     does not load is treated as usable here and left to MXNet's loader, which rebuilds it."""

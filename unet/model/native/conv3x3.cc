@@ -25,11 +25,12 @@
 // same process could run with the other's transform; for any other change, a collision (two
 // 64-bit halves at once) is far less likely than a memory error.
 //
-// Inference runs Winograd only where it pays (use_winograd): not on a layer with
-// fewer than 16 input channels (they are padded to 16; the direct kernel is faster there) nor
-// on small images, where the 4x larger transformed weights take longer to stream from memory
-// than the multiplications they save; those layers run oneDNN's direct (GEMM) convolution on
-// the plain tensors, with no copy of the weights at all.
+// Both run Winograd only where it pays (use_winograd): not on a layer with fewer than 16 input
+// channels (they are padded to 16; the direct kernel is faster there) nor on small images, where
+// the 4x larger transformed weights take longer to stream from memory than the multiplications
+// they save; those layers run oneDNN's direct convolution (at inference its GEMM kernel on the
+// plain tensors, with no copy of the weights at all). Training also computes the weight gradient
+// of layers up to 32x32 with the direct algorithm (kWeightGradientBoundPixels).
 #include <omp.h>
 
 #include <cstdint>
@@ -353,6 +354,13 @@ MXReturnValue inference_backward(const std::unordered_map<std::string, std::stri
 
 // ----------------------------------------------------------------------------------- training
 
+// Training takes the inference rule (use_winograd) for every pass, and one more for the weight
+// gradient: up to this many output pixels (32x32 at batch 1) Winograd's weight gradient is bound
+// by its transformed weights, whose buffers (its scratchpad: 458 MB on a 1024->1024 layer, 2.7x
+// the forward's) would set the process's peak; the direct algorithm there costs ~1% of a 512x512
+// step of the default model (25 ms on that layer, 13 on 512->1024) and no scratchpad.
+constexpr int64_t kWeightGradientBoundPixels = 1024;
+
 struct TrainingPlan {
   Shapes shapes;
   dnnl::convolution_forward forward;
@@ -363,15 +371,25 @@ struct TrainingPlan {
   dnnl::memory::desc w_src, w_diff_dst, w_diff_weights;  // backward weights
   dnnl::memory::desc f_scratchpad, d_scratchpad, w_scratchpad;
   TrainingPlan(const dims& src_dims, int64_t out_channels) : shapes(src_dims, out_channels) {
-    dnnl::algorithm algorithm;
-    auto fpd = forward_pd(shapes, dnnl::prop_kind::forward_training, &algorithm);
     const auto& s = shapes;
+    dnnl::algorithm algorithm = dnnl::algorithm::convolution_direct;
+    auto fpd = use_winograd(src_dims)
+        ? forward_pd(shapes, dnnl::prop_kind::forward_training, &algorithm)
+        : dnnl::convolution_forward::primitive_desc(
+              dnnl::convolution_forward::desc(
+                  dnnl::prop_kind::forward_training, algorithm, s.any_src, s.any_weights, s.bias,
+                  s.any_dst, kOne, kOne, kOne),
+              user_scratchpad(), cpu_engine());
     dnnl::convolution_backward_data::desc data_desc(algorithm, s.any_src, s.any_weights,
                                                     s.any_dst, kOne, kOne, kOne);
     dnnl::convolution_backward_data::primitive_desc dpd(data_desc, user_scratchpad(),
                                                         cpu_engine(), fpd);
-    dnnl::convolution_backward_weights::desc weights_desc(algorithm, s.any_src, s.any_weights,
-                                                          s.bias, s.any_dst, kOne, kOne, kOne);
+    const int64_t pixels = src_dims[0] * src_dims[2] * src_dims[3];
+    const auto weights_algorithm = pixels > kWeightGradientBoundPixels
+        ? algorithm : dnnl::algorithm::convolution_direct;
+    dnnl::convolution_backward_weights::desc weights_desc(weights_algorithm, s.any_src,
+                                                          s.any_weights, s.bias, s.any_dst,
+                                                          kOne, kOne, kOne);
     dnnl::convolution_backward_weights::primitive_desc wpd(weights_desc, user_scratchpad(),
                                                            cpu_engine(), fpd);
     forward = dnnl::convolution_forward(fpd);
@@ -510,4 +528,13 @@ extern "C" int unet_winograd_supported() {
 
 MXReturnValue initialize(int version) {
   return version >= 10700 ? MX_SUCCESS : MX_FAIL;
+}
+
+// Bytes held by the work buffers (slots 0-3: tensors in the convolution's layouts, 4: the
+// primitives' scratchpads) and, for slot 5, by the cached transformed weights; for the memory
+// records (benchmarks) and tests.
+extern "C" size_t unet_conv3x3_buffer_bytes(int slot) {
+  std::lock_guard<std::mutex> hold(lock);
+  if (slot >= 0 && slot < 5) return scratch[slot].size;
+  return slot == 5 ? packed_bytes : 0;
 }
