@@ -123,7 +123,7 @@ def _hashed_files(kernel):
     files = [kernel.source, kernel.source.with_name("operator.h"), include / "mxnet" / "lib_api.h",
              _mxnet_dir() / "src" / "lib_api.cc"]
     if kernel is CONV3X3:
-        files.append(kernel.source.with_name("weights_hash.h"))
+        files += [kernel.source.with_name(name) for name in ("weights_hash.h", "onednn_conv.h")]
     if kernel.uses_onednn:
         files += [include / "mkldnn" / "oneapi" / "dnnl" / name
                   for name in ("dnnl.hpp", "dnnl.h", "dnnl_types.h", "dnnl_version.h")]
