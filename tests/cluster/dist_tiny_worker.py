@@ -7,7 +7,8 @@ own shard of 16 generated samples (local batch 2), then writes to OUT_DIR ``rank
 rank 0's weights.
 
 Rank 0 runs an inference forward after every step, as a validation would, and the workers
-first run a shape-inference forward in training mode, as unet.training.loop does.
+first run a shape-inference forward in training mode (unet.training.loop now infers the shapes
+without a forward pass: unet.model.network.finish_deferred_init).
 
 ``--reference N`` runs without a cluster what N workers together compute: rank 0's seed, at each
 step the union of the N shards' batches, ``trainer.step`` on the global batch. It writes

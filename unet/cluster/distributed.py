@@ -134,8 +134,8 @@ def sync_initial_params(trainer):
     does, and waits until the broadcast is done.
 
     The parameters must be initialized with known shapes (no deferred initialization): give the
-    layers their input channels, or run one forward pass first *inside* ``autograd.record()``.
-    A forward pass outside it (inference mode) reorders convolution weights in place into a
+    layers their input channels, or call :func:`unet.model.network.finish_deferred_init` (shape
+    inference, no forward pass), as the training loop does. A forward pass in inference mode reorders convolution weights in place into a
     oneDNN layout that the dist kvstore cannot send: rank 0's init push fails ("We can't
     generate TBlob for MKLDNN data"), raised here as ``ValueError``, and the server aborts with
     "init N first".
@@ -144,8 +144,8 @@ def sync_initial_params(trainer):
         return
     deferred = [p.name for p in trainer._params if p._deferred_init]
     if deferred:
-        raise ValueError(f"parameters {deferred[:3]} are not initialized yet: run one forward "
-                         f"pass before sync_initial_params")
+        raise ValueError(f"parameters {deferred[:3]} are not initialized yet: call "
+                         f"unet.model.network.finish_deferred_init before sync_initial_params")
     if not trainer._kv_initialized:
         trainer._init_kvstore()
     if trainer._params_to_init:
@@ -155,8 +155,9 @@ def sync_initial_params(trainer):
     except mx.base.MXNetError as err:
         if "MKLDNN" not in str(err):
             raise
-        raise ValueError("cannot broadcast weights in a oneDNN layout: run the shape-inference "
-                         "forward pass inside autograd.record(), not in inference mode") from None
+        raise ValueError("cannot broadcast weights in a oneDNN layout: finish the deferred "
+                         "shapes by unet.model.network.finish_deferred_init, not by an "
+                         "inference-mode forward pass") from None
 
 
 def finish(is_dist):

@@ -122,18 +122,19 @@ def build_parser():
                         "convolutions run in bfloat16 either way")
     t.add_argument("--recompute", action="store_true",
                    help="keep only a few activations and recompute the rest during backward: "
-                        "less training memory for more time (default model at 512x512: 3.3 GB "
-                        "and 2.6x the step time instead of 5.3 GB; with --no-winograd 2.6 GB); "
-                        "fp32 only, not with --dropout")
+                        "less training memory than the mirrored default, for more time "
+                        "(default model at 512x512: 3.3 GB at 2.6x the step time of "
+                        "--no-mirror's 5.3 GB, measured before mirroring was the default; with "
+                        "--no-winograd 2.6 GB); fp32 only, not with --dropout")
     t.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the convolutions' outputs and recompute the cheap ops "
                         "(normalization, activation, pooling, concatenation) during backward, "
                         "on MXNet's graph executor with one memory plan for forward and backward "
                         "(unet/training/mirror.py): the same gradients in less memory (default "
-                        "model at 512x512: 3.7 instead of 5.2 GB) for about 10%% more step time. "
-                        "Default: "
-                        "on in fp32 without --recompute; --no-mirror trains on the hybridized "
-                        "block's static memory plan, as the reference (not the reference's)")
+                        "model at 512x512: 3.6 instead of 5.2 GB) for about 10%% more step time; "
+                        "not the reference's. Default: on for CPU training in fp32 without "
+                        "--recompute (not yet on GPUs); --no-mirror trains on the hybridized "
+                        "block's static memory plan, as the reference does")
     t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights, moving by 1 - DECAY "
                         "toward them at every update (e.g. 0.99: about the last 100 updates); "

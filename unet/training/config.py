@@ -24,8 +24,8 @@ class TrainConfig:
     50 epochs, softmax cross-entropy, augmentation on (geometry 'elastic'), 2 loader workers, fp32,
     no recomputation, the CPU, no time limit (``time_limit`` in minutes: no epoch starts that would
     be expected to end past it). ``mirror``: the steps on MXNet's graph executor with the cheap ops
-    recomputed in backward (:mod:`unet.training.mirror`); default None: on wherever it can run
-    (fp32 without ``recompute``), the same gradients as the hybridized block's step in less
+    recomputed in backward (:mod:`unet.training.mirror`); default None: on for CPU training in
+    fp32 without ``recompute``, the same gradients as the hybridized block's step in less
     memory; False: the hybridized block's step (static CachedOp), as the reference. ``winograd``: in fp32 on CPUs, the 3x3 convolutions on the
     compiled Winograd kernel (:mod:`unet.model.winograd`) where it is available. ``select_by``:
     the validation score whose best epoch is the best checkpoint, one of :data:`SELECT_BY`
@@ -80,7 +80,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mirror is None:
-            self.mirror = self.amp == "fp32" and not self.recompute
+            # Not yet on GPUs: the mirrored executor has run on CPU contexts only.
+            self.mirror = self.amp == "fp32" and not self.recompute and not self.gpu_ids
         self.validate()
 
     def validate(self):

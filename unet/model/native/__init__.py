@@ -71,6 +71,7 @@ CONV3X3 = Kernel("conv3x3", "unet_conv3x3", "Winograd convolution kernel",
                  probe_failure="oneDNN has no Winograd convolution for this CPU (it needs AVX-512)")
 OP_NAME = WIDTH_NORM.op_name
 _state = {}     # kernel name -> (loaded: bool, reason: str or None), once decided in this process
+_loaded_paths = {}  # kernel name -> the library file MXNet loaded
 
 
 def cache_dir():
@@ -220,7 +221,7 @@ def conv3x3_buffers_mb():
     if not loaded(CONV3X3):
         return None
     # The library MXNet loaded: dlopen returns the same handle, so the same buffers.
-    query = ctypes.CDLL(str(library_path(CONV3X3))).unet_conv3x3_buffer_bytes
+    query = ctypes.CDLL(str(_loaded_paths[CONV3X3.name])).unet_conv3x3_buffer_bytes
     query.restype, query.argtypes = ctypes.c_size_t, [ctypes.c_int]
     mib = [query(slot) / 2 ** 20 for slot in range(6)]
     return {"layouts": round(sum(mib[:4]), 1), "scratchpad": round(mib[4], 1),
@@ -264,4 +265,5 @@ def _load(kernel):
         return False, lines[-1] if lines else type(exc).__name__
     if not hasattr(mx.nd, kernel.op_name):
         return False, f"{kernel.op_name} not registered by {path.name}"
+    _loaded_paths[kernel.name] = path
     return True, None
