@@ -131,7 +131,7 @@ def build_parser():
                         "(normalization, activation, pooling, concatenation) during backward, "
                         "on MXNet's graph executor with one memory plan for forward and backward "
                         "(unet/training/mirror.py): the same gradients in less memory (default "
-                        "model at 512x512: 3.6 instead of 5.2 GB) for about 10%% more step time; "
+                        "model at 512x512: 3.6 instead of 5.2 GB) for 5-30%% more step time; "
                         "not the reference's. Default: on for CPU training in fp32 without "
                         "--recompute (not yet on GPUs); --no-mirror trains on the hybridized "
                         "block's static memory plan, as the reference does")
