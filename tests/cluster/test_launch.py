@@ -128,7 +128,7 @@ def test_sync_initial_params_refuses_deferred_parameters():
     net = nn.Dense(2)
     net.initialize()
     trainer = gluon.Trainer(net.collect_params(), "sgd", kvstore=None, update_on_kvstore=False)
-    with pytest.raises(ValueError, match="forward pass"):
+    with pytest.raises(ValueError, match="finish_deferred_init"):
         distributed.sync_initial_params(trainer)
     net(mx.nd.ones((1, 3)))
     distributed.sync_initial_params(trainer)  # a local no-kvstore trainer: nothing to broadcast

@@ -277,12 +277,12 @@ def test_the_kernel_reports_its_buffers(conv_kernel):
     from unet.model.native import conv3x3_buffers_mb
     before = conv3x3_buffers_mb()
     # Weights no earlier test used: a new entry in the cache of transformed weights, larger than
-    # the plain weights (0.14 MiB; MiB to 0.1 here).
+    # the plain weights (0.14 MiB).
     weight = mx.nd.random.uniform(shape=(64, 64, 3, 3))
     x, bias = mx.nd.ones((1, 64, 40, 40)), mx.nd.ones(64)
     mx.nd.unet_conv3x3(x, weight, bias).wait_to_read()
     buffers = conv3x3_buffers_mb()
-    assert 0.2 <= buffers["transformed_weights"] - before["transformed_weights"] <= 0.7
+    assert 0.14 <= buffers["transformed_weights"] - before["transformed_weights"] <= 0.6
     # The data and the output in oneDNN's blocked layout (0.78 MiB), grown to the largest so far.
     assert buffers["layouts"] >= 0.7 and buffers["scratchpad"] > 0
 

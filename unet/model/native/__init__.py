@@ -214,18 +214,18 @@ def conv3x3_available():
 
 
 def conv3x3_buffers_mb():
-    """What the loaded Winograd kernel holds besides MXNet's arrays, in MiB: ``layouts`` (tensors
-    in its own memory layouts), ``scratchpad`` (the primitives' work space), both grown to the
-    largest layer so far, and ``transformed_weights`` (inference's cache); None when the kernel
-    is not loaded in this process."""
+    """What the loaded Winograd kernel holds besides MXNet's arrays, in MiB to 0.01: ``layouts``
+    (tensors in its own memory layouts), ``scratchpad`` (the primitives' work space), both grown
+    to the largest layer so far, and ``transformed_weights`` (inference's cache); None when the
+    kernel is not loaded in this process."""
     if not loaded(CONV3X3):
         return None
     # The library MXNet loaded: dlopen returns the same handle, so the same buffers.
     query = ctypes.CDLL(str(_loaded_paths[CONV3X3.name])).unet_conv3x3_buffer_bytes
     query.restype, query.argtypes = ctypes.c_size_t, [ctypes.c_int]
     mib = [query(slot) / 2 ** 20 for slot in range(6)]
-    return {"layouts": round(sum(mib[:4]), 1), "scratchpad": round(mib[4], 1),
-            "transformed_weights": round(mib[5], 1)}
+    return {"layouts": round(sum(mib[:4]), 2), "scratchpad": round(mib[4], 2),
+            "transformed_weights": round(mib[5], 2)}
 
 
 def _probe(path, function):
