@@ -344,6 +344,10 @@ def test_inference_copy_shares_the_weights_and_computes_the_same(conv_kernel, ma
     assert fast.stem.conv1.inference and fast.up[0].conv.inference
     assert not isinstance(net.stem.conv1, winograd.Conv2D)
     assert fast.stem.conv1.weight is net.stem.conv1.weight
+    # Its layer norms on the compiled kernel where it loads (the same function, faster).
+    if native.width_norm_available():
+        assert isinstance(fast.stem.norm1, fastnorm.LayerNorm) and fast.stem.norm1._fused
+    assert fast.stem.norm1.gamma is net.stem.norm1.gamma
     assert inference_copy(net, winograd=False) is net and inference_copy(fast) is fast
     x = mx.nd.array(np.random.default_rng(2).uniform(-1, 1, (3, 1, 32, 32)))
     net.hybridize(static_alloc=True)

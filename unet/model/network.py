@@ -124,15 +124,16 @@ def norm_kernel(fast_norm=False, fused_norm=False):
 
 def inference_copy(net, winograd=True):
     """``net`` with its 3x3 convolutions on the Winograd kernel of :mod:`unet.model.native`, for fp32
-    inference on CPUs; ``net`` itself where that kernel is not wanted or not available.
+    inference on CPUs, and its layer norms on the compiled kernel where it loads; ``net`` itself
+    where the Winograd kernel is not wanted or not available.
 
     The copy shares ``net``'s parameters (the same arrays: loading new weights into one changes
     both) and has no backward pass. ``net`` stays as it is (training, export, quantization).
     """
     if net.conv_kernel == "winograd-inference" or conv_kernel(winograd) != "winograd":
         return net
-    return UNet(net.config, conv_kernel="winograd-inference", prefix=net.prefix,
-                params=net.collect_params())
+    return UNet(net.config, norm_kernel=norm_kernel(fused_norm=True),
+                conv_kernel="winograd-inference", prefix=net.prefix, params=net.collect_params())
 
 
 def initializer():

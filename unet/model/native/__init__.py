@@ -7,7 +7,8 @@ API). Two live here, each in one C++ file:
   axis of :class:`mxnet.gluon.nn.LayerNorm`, with a forward and a backward pass that each sweep the
   rows once. In a training step of the default model it is ~4x faster than
   :mod:`unet.model.fastnorm`'s GEMV formulation and ~5x faster than MXNet's own LayerNorm backward.
-  Used for training on CPUs (:func:`width_norm_available`).
+  Used for training on CPUs (:func:`width_norm_available`) and in the fp32 inference copy
+  (:func:`unet.model.network.inference_copy`).
 - ``conv3x3.cc`` adds ``unet_conv3x3_train(data, weight, bias)`` and ``unet_conv3x3(data, weight,
   bias)``: ``nn.Conv2D(kernel_size=3, padding=1)`` on oneDNN's Winograd kernels, 2.3-4.8x faster
   per layer forward and 2-3x backward than the direct algorithm MXNet asks its oneDNN for; the
