@@ -60,10 +60,9 @@ namespace {
 constexpr int64_t kWeightBoundPixels = 256;
 constexpr int64_t kWinogradMinChannels = 16;
 
-// Winograd, or the direct algorithm on the plain tensors (oneDNN then runs GEMM convolutions).
+// Winograd, or the direct algorithm (at inference on the plain tensors: GEMM convolutions).
 bool use_winograd(const dims& src_dims) {
-  return src_dims[1] >= kWinogradMinChannels &&
-         src_dims[0] * src_dims[2] * src_dims[3] > kWeightBoundPixels;
+  return src_dims[1] >= kWinogradMinChannels && output_pixels(src_dims) > kWeightBoundPixels;
 }
 
 struct InferencePlan {
@@ -74,11 +73,7 @@ struct InferencePlan {
     dnnl::algorithm algorithm;
     auto pd = use_winograd(src_dims)
         ? forward_pd(shapes, dnnl::prop_kind::forward_inference, &algorithm)
-        : dnnl::convolution_forward::primitive_desc(
-              dnnl::convolution_forward::desc(
-                  dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                  shapes.src, shapes.weights, shapes.bias, shapes.dst, kOne, kOne, kOne),
-              user_scratchpad(), cpu_engine());
+        : direct_forward_pd(shapes, dnnl::prop_kind::forward_inference, /*plain=*/true);
     conv = dnnl::convolution_forward(pd);
     src_md = pd.src_desc();
     weights_md = pd.weights_desc();
@@ -206,17 +201,12 @@ struct TrainingPlan {
     dnnl::algorithm algorithm = dnnl::algorithm::convolution_direct;
     auto fpd = use_winograd(src_dims)
         ? forward_pd(shapes, dnnl::prop_kind::forward_training, &algorithm)
-        : dnnl::convolution_forward::primitive_desc(
-              dnnl::convolution_forward::desc(
-                  dnnl::prop_kind::forward_training, algorithm, s.any_src, s.any_weights, s.bias,
-                  s.any_dst, kOne, kOne, kOne),
-              user_scratchpad(), cpu_engine());
+        : direct_forward_pd(shapes, dnnl::prop_kind::forward_training, /*plain=*/false);
     dnnl::convolution_backward_data::desc data_desc(algorithm, s.any_src, s.any_weights,
                                                     s.any_dst, kOne, kOne, kOne);
     dnnl::convolution_backward_data::primitive_desc dpd(data_desc, user_scratchpad(),
                                                         cpu_engine(), fpd);
-    const int64_t pixels = src_dims[0] * src_dims[2] * src_dims[3];
-    const auto weights_algorithm = pixels > kWeightGradientBoundPixels
+    const auto weights_algorithm = output_pixels(src_dims) > kWeightGradientBoundPixels
         ? algorithm : dnnl::algorithm::convolution_direct;
     dnnl::convolution_backward_weights::desc weights_desc(weights_algorithm, s.any_src,
                                                           s.any_weights, s.bias, s.any_dst,

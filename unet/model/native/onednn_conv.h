@@ -146,6 +146,23 @@ inline dnnl::convolution_forward::primitive_desc forward_pd(const Shapes& s,
   throw std::logic_error("unreachable");
 }
 
+// The direct algorithm's forward primitive descriptor: on the plain layouts (`plain`; oneDNN
+// then runs GEMM convolutions on MXNet's tensors) or on the layouts it chooses.
+inline dnnl::convolution_forward::primitive_desc direct_forward_pd(const Shapes& s,
+                                                                   dnnl::prop_kind kind,
+                                                                   bool plain) {
+  dnnl::convolution_forward::desc desc(kind, dnnl::algorithm::convolution_direct,
+                                       plain ? s.src : s.any_src,
+                                       plain ? s.weights : s.any_weights, s.bias,
+                                       plain ? s.dst : s.any_dst, kOne, kOne, kOne);
+  return {desc, user_scratchpad(), cpu_engine()};
+}
+
+// N*H*W: a 3x3 convolution's output pixels per channel (padding 1, stride 1).
+inline int64_t output_pixels(const dims& src_dims) {
+  return src_dims[0] * src_dims[2] * src_dims[3];
+}
+
 template <class Plan>
 Plan& plan_for(std::map<std::vector<int64_t>, std::unique_ptr<Plan>>& plans,
                const dims& src_dims, int64_t out_channels) {
