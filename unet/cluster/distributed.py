@@ -135,10 +135,10 @@ def sync_initial_params(trainer):
 
     The parameters must be initialized with known shapes (no deferred initialization): give the
     layers their input channels, or call :func:`unet.model.network.finish_deferred_init` (shape
-    inference, no forward pass), as the training loop does. A forward pass in inference mode reorders convolution weights in place into a
-    oneDNN layout that the dist kvstore cannot send: rank 0's init push fails ("We can't
-    generate TBlob for MKLDNN data"), raised here as ``ValueError``, and the server aborts with
-    "init N first".
+    inference, no forward pass), as the training loop does. A forward pass in inference mode
+    reorders convolution weights in place into a oneDNN layout that the dist kvstore cannot send:
+    rank 0's init push fails ("We can't generate TBlob for MKLDNN data"), raised here as
+    ``ValueError``, and the server aborts with "init N first".
     """
     if trainer._kvstore_params.get("update_on_kvstore") is not False:
         return
